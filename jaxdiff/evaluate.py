@@ -1,0 +1,169 @@
+"""Evaluates a training workdir: `python -m jaxdiff.evaluate --workdir DIR [options]`.
+
+Metrics (`--metrics`, comma-separated; see jaxdiff.evaluation.metrics):
+  bpd            test-set bits/dim with the full variational bound, and its standard error
+  classifier_fd  Frechet distance in the features of a small classifier trained on the data
+  fid            FID and Inception Score; needs --inception_weights (FID Inception .npz)
+
+Samples come from the workdir's newest (or --step) checkpoint, EMA parameters unless
+--no-ema, with config.sample's sampler (--sampler/--num_steps/--eta override it), or from
+an .npz of uint8 images written by sample.py (--samples). Results are printed as JSON and
+written to WORKDIR/eval_<step>.json (or --out).
+
+Example:
+    python -m jaxdiff.evaluate --workdir runs/digits --metrics bpd,classifier_fd \\
+        --bpd_split test --bpd_examples 256 --num_samples 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import tqdm
+from absl import logging as absl_logging
+
+from jaxdiff import builders, cli, images, parallel, sampling_registry
+from jaxdiff.evaluation import metrics
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  """The command line (see the module docstring)."""
+  p = cli.OneLineParser(prog="python -m jaxdiff.evaluate",
+                        description=__doc__.split("\n")[0])
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+  p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
+  p.add_argument("--metrics", default="bpd,classifier_fd",
+                 help=f"comma-separated subset of {','.join(metrics.METRICS)}")
+  p.add_argument("--samples", default=None, help=".npz of uint8 images to score instead "
+                                                 "of sampling")
+  p.add_argument("--num_samples", type=int, default=1000)
+  p.add_argument("--batch_size", type=int, default=256, help="images per sampling call")
+  p.add_argument("--sampler", default=None,
+                 help="a sampler of jaxdiff.sampling_registry (default: config.sample)")
+  p.add_argument("--num_steps", type=int, default=None)
+  p.add_argument("--eta", type=float, default=None)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--reference_split", default=None,
+                 help="data split of the reference statistics (default: config.data.split)")
+  p.add_argument("--bpd_split", default="test",
+                 help="held-out split for bpd, e.g. test or 'test[:100]' (default: test)")
+  p.add_argument("--bpd_examples", type=int, default=None, help="first N examples only")
+  p.add_argument("--bpd_batch_size", type=int, default=64)
+  p.add_argument("--inception_weights", default=None, help="FID Inception weights (.npz)")
+  p.add_argument("--cache_dir", default=None, help="default: $JAXDIFF_CACHE or "
+                                                   "~/.cache/jaxdiff")
+  p.add_argument("--out", default=None, help="JSON output (default: WORKDIR/eval_<step>.json)")
+  args = p.parse_args(argv)
+  args.metrics = [m for m in args.metrics.split(",") if m]
+  unknown = [m for m in args.metrics if m not in metrics.METRICS]
+  if unknown or not args.metrics:
+    raise cli.CliError(f"--metrics: unknown metric(s) {unknown or args.metrics}; choose from "
+                   f"{', '.join(metrics.METRICS)}")
+  if "fid" in args.metrics and not args.inception_weights:
+    raise cli.CliError("--metrics fid needs --inception_weights (the FID Inception .npz; see "
+                   "jaxdiff/evaluation/inception.py for the conversion)")
+  for name in ("num_samples", "batch_size", "bpd_batch_size", "bpd_examples", "num_steps"):
+    value = getattr(args, name)
+    if value is not None and value < 1:
+      raise cli.CliError(f"--{name} must be >= 1, got {value}")
+  return args
+
+
+def _load_samples(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
+  """uint8 images of a sample.py .npz, as floats in [-1, 1]; checks their shape."""
+  if not os.path.isfile(path):
+    raise cli.CliError(f"--samples: no file at {path!r}")
+  with np.load(path) as data:
+    if "images" not in data.files:
+      raise cli.CliError(f"--samples {path!r} has no 'images' array (keys: {data.files})")
+    samples = data["images"]
+  if samples.ndim != 4 or samples.shape[1:] != image_shape or samples.dtype != np.uint8:
+    raise cli.CliError(f"--samples {path!r} holds {samples.dtype} {samples.shape}; expected "
+                   f"uint8 [N, {', '.join(map(str, image_shape))}]")
+  return images.from_uint8(samples)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """Computes the requested metrics; returns them (with step and settings) as a dict."""
+  mesh = parallel.make_mesh()
+  config, restored = cli.load_run(args.workdir, step=args.step, mesh=mesh)
+  for field in ("sampler", "num_steps", "eta"):
+    if getattr(args, field) is not None:
+      config.sample[field] = getattr(args, field)
+  if config.sample.sampler not in sampling_registry.GRID_SAMPLERS:
+    raise cli.CliError(f"--sampler {config.sample.sampler!r} does not exist here; choose one of "
+                   f"{', '.join(sampling_registry.GRID_SAMPLERS)}")
+  try:
+    sampling_registry.check_fits(config.sample.sampler, config.diffusion,
+                                 num_steps=config.sample.num_steps)
+  except ValueError as e:
+    raise cli.CliError(f"--sampler {config.sample.sampler}: {e}") from None
+  if "bpd" in args.metrics and config.diffusion.objective != "ddpm":
+    raise cli.CliError(f"--metrics bpd is the discrete variational bound; this run's objective "
+                   f"is {config.diffusion.objective!r}, not 'ddpm'")
+  model = builders.build_model(config)
+  params = restored.state.ema_params if args.ema else restored.state.params
+  cache_dir = args.cache_dir or metrics.default_cache_dir()
+  rng = jax.random.PRNGKey(args.seed)
+  results: dict[str, Any] = {"step": restored.step, "ema": args.ema}
+  if "bpd" in args.metrics:
+    with tqdm.tqdm(desc="bits/dim", unit="batch") as bar:
+      def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+      bpd = metrics.evaluate_bpd(config, model, params, jax.random.fold_in(rng, 0),
+                                 split=args.bpd_split, max_examples=args.bpd_examples,
+                                 batch_size=args.bpd_batch_size, mesh=mesh,
+                                 on_batch=progress)
+    results.update(bpd=bpd.bpd, bpd_stderr=bpd.stderr, bpd_prior=bpd.prior_bpd,
+                   bpd_decoder=float(bpd.vb[0]), bpd_examples=bpd.num_examples)
+  if {"classifier_fd", "fid"} & set(args.metrics):
+    if args.samples is not None:
+      samples = _load_samples(args.samples, builders.image_shape(config))
+    else:
+      samples = metrics.generate_samples(config, model, params, jax.random.fold_in(rng, 1),
+                                         num_samples=args.num_samples,
+                                         batch_size=min(args.batch_size, args.num_samples),
+                                         mesh=mesh)
+    results["num_samples"] = len(samples)
+    if "classifier_fd" in args.metrics:
+      reference = metrics.classifier_reference(config.data, cache_dir=cache_dir,
+                                               split=args.reference_split)
+      results["classifier_fd"] = metrics.classifier_frechet_distance(reference, samples)
+    if "fid" in args.metrics:
+      try:
+        reference = metrics.inception_reference(config.data,
+                                                weights_path=args.inception_weights,
+                                                cache_dir=cache_dir, split=args.reference_split)
+      except (FileNotFoundError, ValueError) as e:
+        raise cli.CliError(f"--inception_weights: {e}") from None
+      results.update(metrics.fid_and_inception_score(reference, samples))
+  return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  """Entry point: prints the results as JSON; a user error is one line on stderr (exit 2)."""
+  try:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    results = run(args)
+  except cli.CliError as e:
+    print(f"jaxdiff.evaluate: error: {e}", file=sys.stderr)
+    return 2
+  if jax.process_index() == 0:
+    out = args.out or os.path.join(args.workdir, f"eval_{results['step']}.json")
+    with open(out, "w") as f:
+      json.dump(results, f, indent=2)
+    print(json.dumps(results))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,197 @@
+"""Evaluation of a trained model: sample quality (FID, IS, classifier-feature distance) and
+test-set bits/dim, for `python -m jaxdiff.evaluate` and for periodic use during training.
+
+Metric names: "bpd" (the variational bound, `jaxdiff.evaluation.bpd`), "fid" (FID and
+Inception Score with the FID InceptionV3, Heusel et al. 2017 / Salimans et al. 2016; needs
+a local weights file) and "classifier_fd" (the Frechet distance in the features of a small
+classifier trained on the data set, `jaxdiff.evaluation.classifier`). Reference statistics
+and the classifier are cached under `cache_dir` (default $JAXDIFF_CACHE or
+~/.cache/jaxdiff), keyed by data set, resolution and the weights they were computed with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxdiff import generate, images, objectives, parallel
+from jaxdiff.evaluation import bpd as bpd_lib
+from jaxdiff.evaluation import frechet, inception
+from jaxdiff.evaluation.classifier import TrainedClassifier, load_or_train_classifier
+from jaxdiff.evaluation.datasets import load_images
+from jaxdiff.evaluation.inception_score import inception_score
+
+METRICS = ("bpd", "fid", "classifier_fd")
+
+
+def default_cache_dir() -> str:
+  """$JAXDIFF_CACHE, else ~/.cache/jaxdiff."""
+  return os.environ.get("JAXDIFF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                        "jaxdiff")
+
+
+def _dataset_tag(data_config: ml_collections.ConfigDict, split: str) -> str:
+  """A file-name-safe tag of a data set split at its training resolution."""
+  size, channels = data_config.image_size, data_config.channels
+  return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{data_config.name}_{split}_{size}x{size}x{channels}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierReference:
+  """The feature classifier of a data set and the feature statistics of its real images."""
+  classifier: TrainedClassifier
+  stats: frechet.FeatureStatistics
+
+
+def classifier_reference(data_config: ml_collections.ConfigDict, *, cache_dir: str,
+                         split: Optional[str] = None, num_steps: int = 800
+                         ) -> ClassifierReference:
+  """Trains (or loads from the cache) the classifier on a labelled data split and returns it
+  with the statistics of that split's features (also cached)."""
+  split = split or data_config.split
+  images, labels = load_images(data_config, split=split)
+  if labels is None:
+    raise ValueError(f"classifier_fd needs a labelled data set; {data_config.name!r} split "
+                     f"{split!r} has no labels")
+  tag = _dataset_tag(data_config, split)
+  classifier = load_or_train_classifier(
+      os.path.join(cache_dir, f"classifier_{tag}.msgpack"), images, labels,
+      num_classes=int(labels.max()) + 1, num_steps=num_steps)
+  stats = frechet.cached_statistics(
+      os.path.join(cache_dir, f"classifier_stats_{tag}_{classifier.fingerprint[:16]}.npz"),
+      lambda: classifier.features(images))
+  return ClassifierReference(classifier=classifier, stats=stats)
+
+
+def classifier_frechet_distance(reference: ClassifierReference, images: np.ndarray) -> float:
+  """Frechet distance between classifier features of `images` (in [-1, 1]) and the data."""
+  return frechet.frechet_distance_from_stats(
+      frechet.feature_statistics(reference.classifier.features(images)), reference.stats)
+
+
+@dataclasses.dataclass(frozen=True)
+class InceptionReference:
+  """FID Inception variables and the pool-feature statistics of a data split."""
+  variables: Any
+  stats: frechet.FeatureStatistics
+
+
+def _file_digest(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def inception_reference(data_config: ml_collections.ConfigDict, *, weights_path: str,
+                        cache_dir: str, split: Optional[str] = None,
+                        batch_size: int = 100) -> InceptionReference:
+  """Loads the FID Inception weights and the data split's (cached) pool statistics."""
+  split = split or data_config.split
+  variables = inception.load_inception_variables(weights_path)
+  tag = _dataset_tag(data_config, split)
+
+  def features() -> np.ndarray:
+    return inception.inception_outputs(variables, load_images(data_config, split=split)[0],
+                                       batch_size=batch_size)[0]
+
+  stats = frechet.cached_statistics(
+      os.path.join(cache_dir, f"inception_stats_{tag}_{_file_digest(weights_path)[:16]}.npz"),
+      features)
+  return InceptionReference(variables=variables, stats=stats)
+
+
+def fid_and_inception_score(reference: InceptionReference, images: np.ndarray, *,
+                            batch_size: int = 100) -> dict[str, float]:
+  """{"fid", "inception_score", "inception_score_std"} of `images` [N, H, W, C] in [-1, 1]."""
+  pool, logits = inception.inception_outputs(reference.variables, images,
+                                             batch_size=batch_size)
+  score, score_std = inception_score(logits, num_splits=min(10, len(images)))
+  return {"fid": frechet.frechet_distance_from_stats(frechet.feature_statistics(pool),
+                                                     reference.stats),
+          "inception_score": score, "inception_score_std": score_std}
+
+
+def generate_samples(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
+                     rng: jax.Array, *, num_samples: int, batch_size: int,
+                     mesh: Optional[jax.sharding.Mesh] = None) -> np.ndarray:
+  """`num_samples` images [N, H, W, C] in [-1, 1] with `config.sample`'s sampler, in batches
+  of `batch_size` (rounded up to a multiple of the device count) sharded over `mesh`; batch i uses
+  `fold_in(rng, i)`. Images are quantized to 8 bits, as saved samples are."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  if num_samples < 1 or batch_size < 1:
+    raise ValueError(f"generate_samples: num_samples and batch_size must be >= 1, got "
+                     f"{num_samples} and {batch_size}")
+  batch_size = -(-batch_size // mesh.size) * mesh.size
+  batch_config = config.copy_and_resolve_references()
+  batch_config.sample.num_samples = batch_size
+  batches = []
+  for index in range(-(-num_samples // batch_size)):
+    batches.append(np.asarray(multihost_utils.process_allgather(generate.sample_images(
+        batch_config, model, params, jax.random.fold_in(rng, index),
+        sharding=parallel.batch_sharding(mesh)), tiled=True)))
+  return images.from_uint8(images.to_uint8(np.concatenate(batches)[:num_samples]))
+
+
+def evaluate_bpd(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
+                 rng: jax.Array, *, split: Optional[str] = None,
+                 max_examples: Optional[int] = None, batch_size: int = 64,
+                 mesh: Optional[jax.sharding.Mesh] = None,
+                 on_batch: Optional[Any] = None) -> bpd_lib.BpdResult:
+  """`bpd.dataset_bpd` of a data split under `model` with `params` (unconditional call)."""
+  images, _ = load_images(config.data, split=split, max_examples=max_examples)
+  return bpd_lib.dataset_bpd(
+      model.apply, {"params": params}, objectives.schedule_from_config(config.diffusion),
+      images, rng=rng, batch_size=batch_size, mesh=mesh, on_batch=on_batch,
+      prediction=config.diffusion.prediction, variance=config.diffusion.variance)
+
+
+def evaluate_during_training(config: ml_collections.ConfigDict, model: nn.Module,
+                             params: Any, rng: jax.Array, *, metrics: Sequence[str],
+                             num_samples: int = 256, sample_batch_size: int = 256,
+                             bpd_split: Optional[str] = "test", bpd_examples: int = 256,
+                             inception_weights: Optional[str] = None,
+                             cache_dir: Optional[str] = None) -> dict[str, float]:
+  """Scalars of the requested `metrics` (subset of METRICS) for logging during training.
+
+  "bpd": "bpd" and "bpd_stderr" on the first `bpd_examples` images of `bpd_split`
+  (default the held-out "test"; None = config.data.split). "classifier_fd": on
+  `num_samples` samples (EMA params recommended). "fid": "fid", "inception_score",
+  "inception_score_std" on the same samples; needs `inception_weights`. References are
+  cached in `cache_dir`, so only the first call trains the classifier or computes data
+  statistics.
+  """
+  unknown = sorted(set(metrics) - set(METRICS))
+  if unknown:
+    raise ValueError(f"unknown evaluation metrics {unknown}; expected some of {METRICS}")
+  if "fid" in metrics and not inception_weights:
+    raise ValueError("metric 'fid' needs inception_weights, the .npz of the FID Inception "
+                     "weights (see jaxdiff.evaluation.inception)")
+  cache_dir = cache_dir or default_cache_dir()
+  bpd_key, sample_key = jax.random.split(rng)
+  results: dict[str, float] = {}
+  if "bpd" in metrics:
+    result = evaluate_bpd(config, model, params, bpd_key, split=bpd_split,
+                          max_examples=bpd_examples)
+    results.update(bpd=result.bpd, bpd_stderr=result.stderr)
+  if "classifier_fd" in metrics or "fid" in metrics:
+    samples = generate_samples(config, model, params, sample_key, num_samples=num_samples,
+                               batch_size=min(sample_batch_size, num_samples))
+    if "classifier_fd" in metrics:
+      reference = classifier_reference(config.data, cache_dir=cache_dir)
+      results["classifier_fd"] = classifier_frechet_distance(reference, samples)
+    if "fid" in metrics:
+      reference = inception_reference(config.data, weights_path=inception_weights,
+                                      cache_dir=cache_dir)
+      results.update(fid_and_inception_score(reference, samples))
+  return results

@@ -1,0 +1,53 @@
+"""Named U-Net configurations: ``UNet(**PRESETS[name])`` builds one.
+
+- ``ddpm_cifar10``: Ho et al. 2020's CIFAR-10 model (App. B), 35,746,307 parameters
+  for 3 channels (the paper's 35.7M).
+- ``small_28``: a small model for 28x28 images (e.g. MNIST); levels 28, 14, 7; 1.62M.
+- ``small_8``: a tiny model for 8x8 images (e.g. scikit-learn digits); levels 8, 4; 0.70M.
+- ``adm_imagenet64_cond``: the class-conditional ImageNet 64x64 model of
+  Dhariwal & Nichol 2021 (their released ``model_flags``); 295.9M with the extra
+  null-label row (the paper's 296M).
+"""
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "ddpm_cifar10": dict(
+        base_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(16,),
+        num_heads=1,
+        dropout=0.1,
+    ),
+    "small_28": dict(
+        base_channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(7,),
+        num_heads=1,
+        num_groups=8,
+        dropout=0.1,
+    ),
+    "small_8": dict(
+        base_channels=32,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        num_heads=1,
+        num_groups=8,
+        dropout=0.0,
+    ),
+    "adm_imagenet64_cond": dict(
+        base_channels=192,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=3,
+        attention_resolutions=(32, 16, 8),
+        num_head_channels=64,
+        dropout=0.1,
+        use_scale_shift_norm=True,
+        resblock_updown=True,
+        num_classes=1000,
+        learn_sigma=True,
+    ),
+}

@@ -1,0 +1,119 @@
+"""The training step as pure functions: TrainState, optimizer, EMA, one jittable step.
+
+The recipe is Ho et al. (2020), App. B: Adam with a linear learning-rate warmup,
+global-norm gradient clipping, and an exponential moving average (EMA) of the parameters
+for sampling. Class-conditional models drop labels to the null label with probability
+`label_dropout` for classifier-free guidance (Ho & Salimans, 2022).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxdiff.objectives import LossFn
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a step updates. `apply_fn` and `tx` are static (not pytree leaves)."""
+
+  step: jax.Array            # int32 scalar: the number of updates applied so far.
+  params: Any
+  ema_params: Any
+  opt_state: optax.OptState
+  apply_fn: Callable[..., jax.Array] = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+
+def learning_rate_schedule(*, learning_rate: float, warmup_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then constant."""
+  if warmup_steps <= 0:
+    return optax.constant_schedule(learning_rate)
+  return optax.linear_schedule(0.0, learning_rate, transition_steps=warmup_steps)
+
+
+def make_optimizer(*, learning_rate: float, warmup_steps: int, grad_clip: float,
+                   optimizer: str = "adam", weight_decay: float = 0.0, b1: float = 0.9,
+                   b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+  """Global-norm clipping (skipped when grad_clip <= 0), then Adam or AdamW with warmup."""
+  schedule = learning_rate_schedule(learning_rate=learning_rate, warmup_steps=warmup_steps)
+  if optimizer == "adam":
+    if weight_decay:
+      raise ValueError(f"weight_decay={weight_decay} needs optimizer='adamw', not 'adam'.")
+    base = optax.adam(schedule, b1=b1, b2=b2, eps=eps)
+  elif optimizer == "adamw":
+    base = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  else:
+    raise ValueError(f"optimizer={optimizer!r} is not 'adam' or 'adamw'.")
+  if grad_clip <= 0:
+    return base
+  return optax.chain(optax.clip_by_global_norm(grad_clip), base)
+
+
+def init_train_state(rng: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation,
+                     image_shape: tuple[int, int, int]) -> TrainState:
+  """Initialises parameters on a dummy [1, H, W, C] batch; EMA starts equal to them."""
+  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  t = jnp.zeros((1,), jnp.int32)
+  y = None if getattr(model, "num_classes", None) is None else jnp.zeros((1,), jnp.int32)
+  params = model.init({"params": rng}, x, t, y=y, train=False)["params"]
+  ema_params = jax.tree.map(jnp.copy, params)  # Own buffers: the step donates both trees.
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
+                    opt_state=tx.init(params), apply_fn=model.apply, tx=tx)
+
+
+def ema_update(ema_params: Any, params: Any, *, decay: float) -> Any:
+  """ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def drop_labels(rng: jax.Array, labels: jax.Array, *, null_label: int,
+                drop_prob: float) -> jax.Array:
+  """Replaces each label by `null_label` with probability `drop_prob` (CFG training)."""
+  drop = jax.random.bernoulli(rng, drop_prob, labels.shape)
+  return jnp.where(drop, null_label, labels)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
+               loss_fn: LossFn, ema_decay: float, label_dropout: float = 0.0,
+               num_classes: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update on `batch` ({"image": [B, H, W, C] in [-1, 1], "label": [B]}).
+
+  `rng` is the run's base key; this step's randomness is `fold_in(rng, state.step)`, so a
+  resumed run repeats the same draws. The loss is the batch mean of `loss_fn`'s per-example
+  losses. If the loss or gradient norm is not finite the state is returned unchanged and
+  `metrics["finite"]` is False: the caller must stop (see jaxdiff.trainer).
+
+  Returns the new state and metrics {"loss", "grad_norm", "finite"}.
+  """
+  step_rng = jax.random.fold_in(rng, state.step)
+  noise_rng, dropout_rng, label_rng = jax.random.split(step_rng, 3)
+  labels = None
+  if num_classes is not None:
+    if "label" not in batch:
+      raise ValueError(f"num_classes={num_classes} (class-conditional) but the batch has "
+                       f"no 'label': keys {sorted(batch)}.")
+    labels = batch["label"]
+  if labels is not None and label_dropout > 0:
+    labels = drop_labels(label_rng, labels, null_label=num_classes, drop_prob=label_dropout)
+
+  def objective(params: Any) -> jax.Array:
+    def model_fn(x_t: jax.Array, t: jax.Array) -> jax.Array:
+      return state.apply_fn({"params": params}, x_t, t, y=labels, train=True,
+                            rngs={"dropout": dropout_rng})
+    return jnp.mean(loss_fn(model_fn, batch["image"], noise_rng))
+
+  loss, grads = jax.value_and_grad(objective)(state.params)
+  grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  updated = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                          ema_params=ema_update(state.ema_params, params, decay=ema_decay))
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+  return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}

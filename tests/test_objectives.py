@@ -1,0 +1,145 @@
+"""Score-SDE objectives (jaxdiff.objectives) and the one sampler table (sampling_registry).
+
+The analytic models below are exact for data that is a point mass at x0 = 0: then
+x_t = sigma_t z, the score is -x / sigma_t^2 and the ideal noise prediction is x / sigma_t.
+A model that reads its time input with the documented convention (t * 999 for "sde_dsm",
+the ladder index for "ncsn", the integer timestep for "ddpm") therefore has zero loss, and
+every fitting sampler must return (nearly) zero images.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff import config_base, generate, objectives, sampling_registry
+from jaxdiff import sde as sde_lib
+
+SHAPE = (4, 4, 4, 1)
+
+
+class _PointMassEps(nn.Module):
+  """The exact noise prediction x / sigma for data at 0, reading the time as `objective`
+  says (a model with no parameters)."""
+  diffusion: tuple  # (name, value) pairs of config.diffusion: module fields are hashed.
+
+  def __call__(self, x, t, y=None, *, train=False):
+    del y, train
+    config = config_base.base_config().diffusion
+    config.update(dict(self.diffusion))
+    if config.objective == "sde_dsm":
+      _, sigma = objectives.sde_from_config(config).marginal_coeffs(t / objectives.SDE_TIME_SCALE)
+    elif config.objective == "ncsn":
+      sigma = -objectives.ncsn_sigmas(config)[t]  # NCSN's output is sigma * score.
+    else:
+      sigma = objectives.schedule_from_config(config).sqrt_one_minus_alphas_cumprod[t]
+    return x / sde_lib.broadcast_to_x(sigma, x)
+
+
+def _config(**diffusion):
+  config = config_base.base_config()
+  config.diffusion.update({"num_timesteps": 50, "num_scales": 50, **diffusion})
+  config.data.update(image_size=SHAPE[1], channels=SHAPE[3])
+  config.sample.update(num_samples=SHAPE[0])
+  return config
+
+
+@pytest.mark.parametrize("diffusion", [
+    dict(objective="sde_dsm", sde="vpsde"),
+    dict(objective="sde_dsm", sde="subvpsde", likelihood_weighting=True),
+    dict(objective="sde_dsm", sde="vesde", sigma_min=0.01, sigma_max=5.0),
+    dict(objective="ncsn", sigma_min=0.01, sigma_max=5.0, num_scales=10),
+    dict(objective="ddpm"),
+])
+def test_exact_model_has_zero_loss_and_a_misread_time_does_not(diffusion):
+  config = _config(**diffusion)
+  loss_fn = objectives.make_loss_fn(config.diffusion)
+  model = _PointMassEps(diffusion=tuple(config.diffusion.items()))
+  x0, key = jnp.zeros(SHAPE), jax.random.PRNGKey(0)
+  exact = loss_fn(lambda x, t: model.apply({}, x, t), x0, key)
+  np.testing.assert_allclose(exact, 0.0, atol=1e-6)
+  if diffusion["objective"] != "ddpm":
+    shifted = loss_fn(lambda x, t: model.apply({}, x, jnp.flip(t)), x0, key)
+    assert np.all(np.asarray(shifted) >= 0) and float(jnp.max(shifted)) > 1e-2
+
+
+def test_sde_dsm_feeds_the_unet_t_times_999_and_ncsn_the_ladder_index():
+  seen = {}
+
+  def recorder(name):
+    def model_fn(x, t):
+      seen[name] = t
+      return jnp.zeros_like(x)
+    return model_fn
+
+  x0, key = jnp.zeros((64,) + SHAPE[1:]), jax.random.PRNGKey(1)
+  objectives.make_loss_fn(_config(objective="sde_dsm").diffusion)(recorder("sde"), x0, key)
+  t = np.asarray(seen["sde"])
+  assert t.dtype == np.float32 and 999e-5 <= t.min() and t.max() <= 999 and t.max() > 500
+  ncsn = _config(objective="ncsn", sigma_min=0.1, sigma_max=10.0, num_scales=7).diffusion
+  objectives.make_loss_fn(ncsn)(recorder("ncsn"), x0, key)
+  assert seen["ncsn"].dtype == jnp.int32 and set(np.asarray(seen["ncsn"])) <= set(range(7))
+  sigmas = objectives.ncsn_sigmas(ncsn)
+  np.testing.assert_array_equal(objectives.sigma_index(sigmas, sigmas[::-1]), np.arange(7)[::-1])
+
+
+@pytest.mark.parametrize("objective, sampler", [
+    ("sde_dsm", "pc"), ("sde_dsm", "ode"), ("sde_dsm", "dpm_solver_pp_2m"),
+    ("sde_dsm", "edm_heun"), ("ncsn", "ald"), ("ddpm", "dpm_solver_pp_2m"),
+])
+def test_every_fitting_sampler_recovers_the_point_mass(objective, sampler):
+  extra = dict(sigma_min=0.01, sigma_max=5.0, num_scales=5) if objective == "ncsn" else {}
+  config = _config(objective=objective, **extra)
+  # pc: N > beta_max, and fine enough that its last step t = 1 / N is near the data.
+  num_steps = {"pc": 200}.get(sampler, 10)
+  config.sample.update(sampler=sampler, num_steps=num_steps, clip_denoised=False)
+  config_base.validate_config(config, num_devices=1)
+  model = _PointMassEps(diffusion=tuple(config.diffusion.items()))
+  samples = generate.sample_images(config, model, {}, jax.random.PRNGKey(0))
+  assert samples.shape == SHAPE
+  # From unit-scale noise to within the smallest noise level of the chain.
+  assert float(jnp.max(jnp.abs(samples))) < 0.1, (objective, sampler)
+
+
+def test_samplers_that_do_not_fit_are_refused_with_the_ones_that_do():
+  ncsn = _config(objective="ncsn").diffusion
+  assert sampling_registry.fitting_samplers(ncsn) == ("ald",)
+  with pytest.raises(ValueError, match=r"sampler 'ddim' does not fit this run: .*not 'ncsn'; "
+                                       r"samplers that fit: ald"):
+    sampling_registry.check_fits("ddim", ncsn)
+  cosine = _config(objective="ddpm", schedule="cosine").diffusion
+  assert "pc" not in sampling_registry.fitting_samplers(cosine)
+  with pytest.raises(ValueError, match=r"sampler 'pc' does not fit .*schedule='cosine'"):
+    sampling_registry.check_fits("pc", cosine)
+  with pytest.raises(ValueError, match=r"sampler 'nope' does not exist; choose one of ddpm"):
+    sampling_registry.check_fits("nope", cosine)
+  config = _config(objective="sde_dsm")
+  model = _PointMassEps(diffusion=tuple(config.diffusion.items()))
+  config.sample.update(sampler="pc", num_steps=10)
+  with pytest.raises(ValueError, match=r"pc with num_steps=10 on a VP SDE with beta_max=20.0: "
+                                       r".* use num_steps > 20.0"):
+    generate.sample_images(config, model, {}, jax.random.PRNGKey(0))
+  assert set(sampling_registry.GRID_SAMPLERS) == set(sampling_registry.SAMPLERS) - {
+      "inpaint", "sdedit"}
+
+
+def test_config_validation_of_objectives_and_eval():
+  cases = [
+      (dict(diffusion=dict(objective="score")), r"config.diffusion.objective='score' is not one"),
+      (dict(diffusion=dict(objective="sde_dsm", sde="ve")), r"config.diffusion.sde='ve'"),
+      (dict(diffusion=dict(sigma_min=5.0, sigma_max=1.0)), r"expected 0 < sigma_min < sigma_max"),
+      (dict(diffusion=dict(objective="ncsn")), r"config.sample.sampler='ddpm': sampler 'ddpm' "
+                                               r"does not fit"),
+      (dict(eval=dict(metrics=("fdi",))), r"config.eval.metrics=\('fdi',\)"),
+      (dict(eval=dict(every=-1)), r"config.eval.every=-1"),
+      (dict(eval=dict(metrics=("bpd",)), diffusion=dict(objective="sde_dsm"),
+            sample=dict(sampler="pc")), r"needs config.diffusion.objective='ddpm'"),
+      (dict(eval=dict(metrics=("fid",))), r"needs config.eval.inception_weights"),
+  ]
+  for sections, message in cases:
+    config = config_base.base_config()
+    for section, values in sections.items():
+      config[section].update(values)
+    with pytest.raises(ValueError, match=message):
+      config_base.validate_config(config, num_devices=1)
