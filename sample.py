@@ -6,7 +6,7 @@ grid and an .npz of uint8 images (key "images", and "labels" for a class-conditi
 model) into DIR or `--out`. Deterministic for a fixed `--seed` and `--batch_size`.
 Options not given (sampler, steps, eta, seed) default to the run's config.sample.
 
-Samplers (the table `jaxdiff.sampling_registry.SAMPLERS`, also used by the trainer): for
+Samplers (the table `jaxdiff.sampling.SAMPLERS`, also used by the trainer): for
 objective "ddpm" ddpm (Ho et al. 2020), ddim (Song et al. 2021; --eta), inpaint (RePaint,
 Lugmayr et al. 2022; --image and --mask, white = keep), sdedit (Meng et al. 2022; --image,
 --strength); for "sde_dsm" (and "ddpm" eps models on the linear schedule) the SDE samplers
@@ -33,10 +33,12 @@ import tqdm
 from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
-from jaxdiff import builders, cli, generate, images, parallel, samplers, sampling_registry
+from jaxdiff import images, parallel, samplers
+from jaxdiff.config import builders, sampling
+from jaxdiff.job import cli, generation
 
 
-SAMPLERS = sampling_registry.SAMPLERS
+SAMPLERS = sampling.SAMPLERS
 _INPUT_FLAGS = {"guide": "image", "mask": "mask"}  # Job field -> command-line flag
 
 
@@ -97,7 +99,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--num_steps", type=int, default=None,
                  help="sampling steps (ald: per noise level; ode: unused, adaptive); default: "
                       "config.sample.num_steps, else each sampler's own (see "
-                      "jaxdiff.sampling_registry)")
+                      "jaxdiff.config.sampling)")
   p.add_argument("--eta", type=float, default=None,
                  help="DDIM noise scale eta (default: config.sample.eta)")
   p.add_argument("--guidance_scale", type=float, default=None,
@@ -181,7 +183,7 @@ def run(args: argparse.Namespace) -> tuple[str, str]:
   config, restored = cli.load_run(args.workdir, step=args.step, mesh=mesh)
   args = _with_config_defaults(args, config.sample)
   try:
-    sampling_registry.check_fits(args.sampler, config.diffusion, num_steps=args.num_steps)
+    sampling.check_fits(args.sampler, config.diffusion, num_steps=args.num_steps)
   except ValueError as e:
     raise cli.CliError(f"--sampler {args.sampler}: {e}") from None
   if args.dynamic_threshold is not None and not SAMPLERS[args.sampler].discrete:
@@ -219,8 +221,8 @@ def run(args: argparse.Namespace) -> tuple[str, str]:
     if labels is not None:
       rows = np.resize(labels[index * batch_size:(index + 1) * batch_size], batch_size)
       batch_labels = jax.device_put(rows, batch_sharding)
-    job = sampling_registry.Job(
-        model_fn=jax.tree_util.Partial(_with_progress, generate.model_fn_for(
+    job = sampling.Job(
+        model_fn=jax.tree_util.Partial(_with_progress, generation.model_fn_for(
             model, params, labels=batch_labels, guidance_scale=guidance,
             null_label=config.model.num_classes)),
         diffusion=config.diffusion, rng=chain_key, x_T=draw_noise(noise_key),

@@ -11,7 +11,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxdiff import parallel
+from jaxdiff.job import distributed
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                "digits.py")
@@ -32,10 +32,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
   if _DISTRIBUTED.value or _COORDINATOR.value:
-    parallel.initialize_distributed(coordinator_address=_COORDINATOR.value,
+    distributed.initialize_distributed(coordinator_address=_COORDINATOR.value,
                                     num_processes=_NUM_PROCESSES.value,
                                     process_id=_PROCESS_ID.value)
-  from jaxdiff import trainer  # pylint: disable=g-import-not-at-top  (after initialize)
+  from jaxdiff.job import trainer  # pylint: disable=g-import-not-at-top  (after initialize)
 
   config_name = os.path.splitext(os.path.basename(config_flags.get_config_filename(
       flags.FLAGS["config"])))[0]

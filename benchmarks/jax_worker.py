@@ -1,7 +1,7 @@
 """jaxdiff's side of the benchmark: one workload per process, driven by bench.py.
 
 Run with /work/main/.venv's python. Workloads (spec["workload"]):
-  train   jaxdiff.training.train_step (Adam, grad clipping, EMA, finite check), jitted
+  train   jaxdiff.job.step.train_step (Adam, grad clipping, EMA, finite check), jitted
           with the state donated; `micro_steps` > 1 scans that many steps per call
   ddpm    jaxdiff.samplers.ddpm: the whole chain is one lax.scan in one jit
   ddim    jaxdiff.samplers.ddim (eta = 0), likewise
@@ -18,7 +18,9 @@ import numpy as np
 
 import presets
 import worker_protocol
-from jaxdiff import config_base, objectives, samplers, schedules, training
+from jaxdiff import samplers, schedules
+from jaxdiff.config import objectives, schema
+from jaxdiff.job import step as step_lib
 from jaxdiff.models import UNet
 from jaxdiff.samplers import ancestral
 
@@ -69,18 +71,18 @@ class JaxWorkload:
 
 
 class TrainWorkload(JaxWorkload):
-  """`micro_steps` train steps of jaxdiff.training.train_step per compiled call."""
+  """`micro_steps` train steps of jaxdiff.job.step.train_step per compiled call."""
 
   def __init__(self, preset: presets.Preset, spec: dict[str, Any]):
     size = preset.model
     batch, micro_steps = spec["batch"], spec["micro_steps"]
     model = build_unet(size, dtype=spec["dtype"], remat=spec["remat"])
-    tx = training.make_optimizer(learning_rate=2e-4, warmup_steps=5000, grad_clip=1.0)
-    self.state = training.init_train_state(jax.random.key(0), model=model, tx=tx,
+    tx = step_lib.make_optimizer(learning_rate=2e-4, warmup_steps=5000, grad_clip=1.0)
+    self.state = step_lib.init_train_state(jax.random.key(0), model=model, tx=tx,
                                            image_shape=image_shape(size))
-    diffusion_config = config_base.base_config().diffusion
+    diffusion_config = schema.base_config().diffusion
     diffusion_config.num_timesteps = preset.num_timesteps
-    step = functools.partial(training.train_step,
+    step = functools.partial(step_lib.train_step,
                              loss_fn=objectives.make_loss_fn(diffusion_config),
                              ema_decay=0.9999)
     images = jax.random.uniform(jax.random.key(1), (micro_steps, batch) + image_shape(size),
@@ -88,8 +90,8 @@ class TrainWorkload(JaxWorkload):
     self.batches = {"image": images}
     self.rng = jax.random.key(2)
 
-    def multi_step(state: training.TrainState, batches: dict[str, jax.Array],
-                   rng: jax.Array) -> tuple[training.TrainState, jax.Array]:
+    def multi_step(state: step_lib.TrainState, batches: dict[str, jax.Array],
+                   rng: jax.Array) -> tuple[step_lib.TrainState, jax.Array]:
       if micro_steps == 1:  # No scan: on XLA:CPU a loop body runs slower (RESULTS.md).
         state, metrics = step(state, jax.tree.map(lambda b: b[0], batches), rng)
       else:

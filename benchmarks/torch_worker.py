@@ -3,7 +3,7 @@
 Run with benchmarks/.venv-peer's python (setup_peer_env.sh). The peer is a standard
 diffusers setup: UNet2DModel in the google/ddpm-cifar10-32 layout, DDPMScheduler.add_noise,
 MSE on eps, torch.optim.Adam, clip_grad_norm_ and an EMA of the weights (the same work
-as jaxdiff.training.train_step), in eager mode or with torch.compile(model); bf16 is
+as jaxdiff.job.step.train_step), in eager mode or with torch.compile(model); bf16 is
 torch.autocast with float32 weights. Sampling is the DDPMScheduler / DDIMScheduler step
 loop of diffusers' pipelines, under torch.inference_mode.
 """

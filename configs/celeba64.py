@@ -7,7 +7,7 @@ TFDS needs its manual download of CelebA. Model: 128 base channels, multipliers
 
 import ml_collections
 
-from jaxdiff.config_base import base_config
+from jaxdiff.config.schema import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ random horizontal flips, EMA 0.9999, 800k steps. Data: TFDS `cifar10`.
 
 import ml_collections
 
-from jaxdiff.config_base import base_config
+from jaxdiff.config.schema import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ EMA, so that training and a 64-sample DDPM grid take minutes on a 2-core CPU.
 
 import ml_collections
 
-from jaxdiff.config_base import base_config
+from jaxdiff.config.schema import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

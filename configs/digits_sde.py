@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from jaxdiff.config_base import load_config_file
+from jaxdiff.config.schema import load_config_file
 
 
 def get_config() -> ml_collections.ConfigDict:

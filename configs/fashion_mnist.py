@@ -7,7 +7,7 @@ By default the IDX files come from Debian's dataset-fashion-mnist package
 
 import ml_collections
 
-from jaxdiff.config_base import base_config
+from jaxdiff.config.schema import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@ parameters and optimizer state over the devices (FSDP style).
 
 import ml_collections
 
-from jaxdiff.config_base import base_config
+from jaxdiff.config.schema import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,21 +1,24 @@
 """jaxdiff: denoising diffusion models in JAX and Flax.
 
-The core math (``schedules``, ``diffusion``, ``losses``) is imported eagerly; the other
-submodules are imported on first attribute access (``jaxdiff.samplers``, ...), so that
-``import jaxdiff`` stays cheap.
+Every submodule is imported on first attribute access (``jaxdiff.samplers``, ...), so that
+``import jaxdiff`` (and importing a config file, which needs only ``jaxdiff.config.schema``)
+stays cheap.
+
+Layout by layer, imports pointing downward: the math (``schedules``, ``processes``,
+``diffusion``, ``losses``, ``sde``, ``denoisers``, ``samplers``, ``score_matching``,
+``likelihood``, ``testing``, ``evaluation``), the models (``models``), the data
+(``data``), the configuration glue (``config``) and the training job (``job``).
 """
 
 import importlib
 from typing import Any
 
-from jaxdiff import diffusion, losses, schedules
-
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("evaluation", "likelihood", "models", "samplers", "score_matching", "sde",
-                    "sde_samplers", "training")
+_LAZY_SUBMODULES = ("config", "data", "diffusion", "evaluation", "job", "likelihood", "losses",
+                    "models", "samplers", "schedules", "score_matching", "sde", "sde_samplers")
 
-__all__ = ["diffusion", "losses", "schedules", *_LAZY_SUBMODULES, "__version__"]
+__all__ = [*_LAZY_SUBMODULES, "__version__"]
 
 
 def __getattr__(name: str) -> Any:

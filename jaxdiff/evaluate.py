@@ -1,6 +1,6 @@
 """Evaluates a training workdir: `python -m jaxdiff.evaluate --workdir DIR [options]`.
 
-Metrics (`--metrics`, comma-separated; see jaxdiff.evaluation.metrics):
+Metrics (`--metrics`, comma-separated; see jaxdiff.job.evaluation):
   bpd            test-set bits/dim with the full variational bound, and its standard error
   classifier_fd  Frechet distance in the features of a small classifier trained on the data
   fid            FID and Inception Score; needs --inception_weights (FID Inception .npz)
@@ -28,8 +28,10 @@ import numpy as np
 import tqdm
 from absl import logging as absl_logging
 
-from jaxdiff import builders, cli, images, parallel, sampling_registry
-from jaxdiff.evaluation import metrics
+from jaxdiff import images, parallel
+from jaxdiff.config import builders, sampling
+from jaxdiff.job import cli
+from jaxdiff.job import evaluation as metrics
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -46,7 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--num_samples", type=int, default=1000)
   p.add_argument("--batch_size", type=int, default=256, help="images per sampling call")
   p.add_argument("--sampler", default=None,
-                 help="a sampler of jaxdiff.sampling_registry (default: config.sample)")
+                 help="a sampler of jaxdiff.config.sampling (default: config.sample)")
   p.add_argument("--num_steps", type=int, default=None)
   p.add_argument("--eta", type=float, default=None)
   p.add_argument("--seed", type=int, default=0)
@@ -97,11 +99,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   for field in ("sampler", "num_steps", "eta"):
     if getattr(args, field) is not None:
       config.sample[field] = getattr(args, field)
-  if config.sample.sampler not in sampling_registry.GRID_SAMPLERS:
+  if config.sample.sampler not in sampling.GRID_SAMPLERS:
     raise cli.CliError(f"--sampler {config.sample.sampler!r} does not exist here; choose one of "
-                   f"{', '.join(sampling_registry.GRID_SAMPLERS)}")
+                   f"{', '.join(sampling.GRID_SAMPLERS)}")
   try:
-    sampling_registry.check_fits(config.sample.sampler, config.diffusion,
+    sampling.check_fits(config.sample.sampler, config.diffusion,
                                  num_steps=config.sample.num_steps)
   except ValueError as e:
     raise cli.CliError(f"--sampler {config.sample.sampler}: {e}") from None

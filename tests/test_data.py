@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from jaxdiff import config_base, data, parallel
+from jaxdiff import data, parallel
+from jaxdiff.config import schema
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -136,7 +137,7 @@ def test_idx_corrupt_files_are_reported(tmp_path):
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR),
                     reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_from_debian_idx_files():
-  config = config_base.base_config()
+  config = schema.base_config()
   config.data.update(source="idx", idx_dir=FASHION_MNIST_DIR, split="test")
   source = data.make_source(config.data)
   images, labels = source.read([0, 1])
@@ -147,7 +148,7 @@ def test_fashion_mnist_from_debian_idx_files():
 
 def test_device_batches_match_host_batches_in_order():
   source = _toy_source(n=13)
-  config = config_base.base_config()
+  config = schema.base_config()
   config.data.update(image_size=4, channels=1, random_flip=True, prefetch=2)
   sharding = parallel.batch_sharding(parallel.make_mesh())
   batches = list(data.device_batches(source, config.data, seed=5, batch_size=4, start_step=3,

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import config_base, generate, objectives, sampling_registry
+from jaxdiff.config import objectives, sampling, schema, validation
+from jaxdiff.job import generation
 from jaxdiff import sde as sde_lib
 
 SHAPE = (4, 4, 4, 1)
@@ -26,7 +27,7 @@ class _PointMassEps(nn.Module):
 
   def __call__(self, x, t, y=None, *, train=False):
     del y, train
-    config = config_base.base_config().diffusion
+    config = schema.base_config().diffusion
     config.update(dict(self.diffusion))
     if config.objective == "sde_dsm":
       _, sigma = objectives.sde_from_config(config).marginal_coeffs(t / objectives.SDE_TIME_SCALE)
@@ -38,7 +39,7 @@ class _PointMassEps(nn.Module):
 
 
 def _config(**diffusion):
-  config = config_base.base_config()
+  config = schema.base_config()
   config.diffusion.update({"num_timesteps": 50, "num_scales": 50, **diffusion})
   config.data.update(image_size=SHAPE[1], channels=SHAPE[3])
   config.sample.update(num_samples=SHAPE[0])
@@ -94,9 +95,9 @@ def test_every_fitting_sampler_recovers_the_point_mass(objective, sampler):
   # pc: N > beta_max, and fine enough that its last step t = 1 / N is near the data.
   num_steps = {"pc": 200}.get(sampler, 10)
   config.sample.update(sampler=sampler, num_steps=num_steps, clip_denoised=False)
-  config_base.validate_config(config, num_devices=1)
+  validation.validate_config(config, num_devices=1)
   model = _PointMassEps(diffusion=tuple(config.diffusion.items()))
-  samples = generate.sample_images(config, model, {}, jax.random.PRNGKey(0))
+  samples = generation.sample_images(config, model, {}, jax.random.PRNGKey(0))
   assert samples.shape == SHAPE
   # From unit-scale noise to within the smallest noise level of the chain.
   assert float(jnp.max(jnp.abs(samples))) < 0.1, (objective, sampler)
@@ -104,23 +105,23 @@ def test_every_fitting_sampler_recovers_the_point_mass(objective, sampler):
 
 def test_samplers_that_do_not_fit_are_refused_with_the_ones_that_do():
   ncsn = _config(objective="ncsn").diffusion
-  assert sampling_registry.fitting_samplers(ncsn) == ("ald",)
+  assert sampling.fitting_samplers(ncsn) == ("ald",)
   with pytest.raises(ValueError, match=r"sampler 'ddim' does not fit this run: .*not 'ncsn'; "
                                        r"samplers that fit: ald"):
-    sampling_registry.check_fits("ddim", ncsn)
+    sampling.check_fits("ddim", ncsn)
   cosine = _config(objective="ddpm", schedule="cosine").diffusion
-  assert "pc" not in sampling_registry.fitting_samplers(cosine)
+  assert "pc" not in sampling.fitting_samplers(cosine)
   with pytest.raises(ValueError, match=r"sampler 'pc' does not fit .*schedule='cosine'"):
-    sampling_registry.check_fits("pc", cosine)
+    sampling.check_fits("pc", cosine)
   with pytest.raises(ValueError, match=r"sampler 'nope' does not exist; choose one of ddpm"):
-    sampling_registry.check_fits("nope", cosine)
+    sampling.check_fits("nope", cosine)
   config = _config(objective="sde_dsm")
   model = _PointMassEps(diffusion=tuple(config.diffusion.items()))
   config.sample.update(sampler="pc", num_steps=10)
   with pytest.raises(ValueError, match=r"pc with num_steps=10 on a VP SDE with beta_max=20.0: "
                                        r".* use num_steps > 20.0"):
-    generate.sample_images(config, model, {}, jax.random.PRNGKey(0))
-  assert set(sampling_registry.GRID_SAMPLERS) == set(sampling_registry.SAMPLERS) - {
+    generation.sample_images(config, model, {}, jax.random.PRNGKey(0))
+  assert set(sampling.GRID_SAMPLERS) == set(sampling.SAMPLERS) - {
       "inpaint", "sdedit"}
 
 
@@ -138,8 +139,8 @@ def test_config_validation_of_objectives_and_eval():
       (dict(eval=dict(metrics=("fid",))), r"needs config.eval.inception_weights"),
   ]
   for sections, message in cases:
-    config = config_base.base_config()
+    config = schema.base_config()
     for section, values in sections.items():
       config[section].update(values)
     with pytest.raises(ValueError, match=message):
-      config_base.validate_config(config, num_devices=1)
+      validation.validate_config(config, num_devices=1)

@@ -1,6 +1,6 @@
 """sample.py and `python -m jaxdiff.evaluate` on a workdir written by the training job.
 
-The workdir comes from `jaxdiff.trainer.train` with the default config (configs/digits.py)
+The workdir comes from `jaxdiff.job.trainer.train` with the default config (configs/digits.py)
 shrunk to a 2-step run of a tiny U-Net, so that it has config.json and a checkpoint
 exactly as `python train.py` leaves them.
 """
@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdiff import builders, checkpointing, cli, config_base, evaluate, images, trainer
-from jaxdiff.evaluation import metrics
+from jaxdiff import evaluate, images
+from jaxdiff.config import builders, schema
+from jaxdiff.job import checkpoints, cli, evaluation, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def cache_dir(tmp_path_factory):
 
 
 def _tiny_config(name="digits.py"):
-  config = config_base.load_config_file(ROOT / "configs" / name)
+  config = schema.load_config_file(ROOT / "configs" / name)
   config.model.update(base_channels=8, channel_mult=(1,), attention_resolutions=(),
                       num_groups=4)
   config.train.update(num_steps=2, batch_size=8, checkpoint_every=2, warmup_steps=1,
@@ -225,12 +226,12 @@ def test_evaluate_command_reports_bpd_and_classifier_distance(workdir, cache_dir
 
 
 def test_evaluate_during_training_hook(workdir, cache_dir):
-  config, restored = checkpointing.load_workdir(workdir)
+  config, restored = checkpoints.load_workdir(workdir)
   model = builders.build_model(config)
-  scalars = metrics.evaluate_during_training(
+  scalars = evaluation.evaluate_during_training(
       config, model, restored.state.ema_params, jax.random.PRNGKey(0),
       metrics=["classifier_fd"], num_samples=8, cache_dir=cache_dir)
   assert set(scalars) == {"classifier_fd"} and scalars["classifier_fd"] > 0
   with pytest.raises(ValueError, match=r"unknown evaluation metrics \['fdi'\]"):
-    metrics.evaluate_during_training(config, model, restored.state.ema_params,
+    evaluation.evaluate_during_training(config, model, restored.state.ema_params,
                                      jax.random.PRNGKey(0), metrics=["fdi"])

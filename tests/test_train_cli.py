@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdiff import checkpointing
+from jaxdiff.job import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 100
@@ -55,7 +55,7 @@ def _train(env, workdir, *overrides, expect_ok=True):
 
 
 def _load(workdir, step=None):
-  return checkpointing.load_workdir(workdir, step=step)[1]
+  return checkpoints.load_workdir(workdir, step=step)[1]
 
 
 def _assert_same_checkpoint(a, b):
@@ -78,9 +78,9 @@ def straight_run(env, tmp_path_factory):
 def test_straight_run_writes_everything(straight_run):
   workdir, out = straight_run
   assert "Starting: 1 devices" in out.stdout
-  assert checkpointing.Checkpointer(workdir / "checkpoints", max_to_keep=2).all_steps() == [
+  assert checkpoints.Checkpointer(workdir / "checkpoints", max_to_keep=2).all_steps() == [
       50, 100]
-  config = checkpointing.read_config(workdir)
+  config = checkpoints.read_config(workdir)
   assert config.model.base_channels == 8 and config.model.channel_mult == (1,)
   grid = np.asarray(Image.open(workdir / "samples" / "step_00000100.png"))
   assert grid.shape == (32, 32)  # 8 images of 8x8 in a 3x3 grid with 2-pixel padding.
@@ -103,7 +103,7 @@ def test_sigterm_then_resume_is_bitwise_exact(env, straight_run, tmp_path):
   stdout = process.stdout.read()
   assert process.wait(timeout=600) == 0
   assert "Preempted (SIGTERM): saved step" in stdout
-  steps = checkpointing.Checkpointer(workdir / "checkpoints", max_to_keep=2).all_steps()
+  steps = checkpoints.Checkpointer(workdir / "checkpoints", max_to_keep=2).all_steps()
   assert 10 <= steps[-1] < NUM_STEPS, steps
   out = _train(env, workdir)
   assert f"Resuming from step {steps[-1]}" in out.stdout
@@ -118,7 +118,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoints(env, straight_run, tmp_path
                expect_ok=False)
   assert out.returncode != 0
   assert "FloatingPointError: Non-finite loss" in out.stderr
-  assert checkpointing.Checkpointer(workdir / "checkpoints", max_to_keep=2).all_steps() == [
+  assert checkpoints.Checkpointer(workdir / "checkpoints", max_to_keep=2).all_steps() == [
       50, 100]
   _assert_same_checkpoint(_load(workdir), _load(straight_run[0]))
 
@@ -142,10 +142,10 @@ def test_corrupt_latest_checkpoint_falls_back(env, straight_run, tmp_path, caplo
 
 def test_load_workdir_reports_missing_things(straight_run, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"available steps: \[50, 100\]"):
-    checkpointing.load_workdir(straight_run[0], step=70)
+    checkpoints.load_workdir(straight_run[0], step=70)
   with pytest.raises(FileNotFoundError, match="No config.json in workdir"):
-    checkpointing.load_workdir(tmp_path)
-  config, restored = checkpointing.load_workdir(straight_run[0], step=50)
+    checkpoints.load_workdir(tmp_path)
+  config, restored = checkpoints.load_workdir(straight_run[0], step=50)
   assert restored.step == int(restored.state.step) == 50
   assert restored.metadata["data_position"] == 50 and config.train.num_steps == NUM_STEPS
 

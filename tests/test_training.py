@@ -16,7 +16,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdiff import config_base, generate, objectives, parallel, training
+from jaxdiff import parallel
+from jaxdiff.config import objectives, schema, validation
+from jaxdiff.job import distributed, generation, step as step_lib
 from jaxdiff.models import UNet
 
 TINY_UNET = dict(base_channels=8, channel_mult=(1,), num_res_blocks=1,
@@ -38,22 +40,22 @@ def _tree_equal(a, b):
 def setup():
   """A tiny unconditional U-Net, its initial state and one jitted (non-donating) step."""
   model = UNet(**TINY_UNET)
-  tx = training.make_optimizer(learning_rate=1e-3, warmup_steps=0, grad_clip=1.0)
-  state = training.init_train_state(jax.random.PRNGKey(0), model=model, tx=tx,
+  tx = step_lib.make_optimizer(learning_rate=1e-3, warmup_steps=0, grad_clip=1.0)
+  state = step_lib.init_train_state(jax.random.PRNGKey(0), model=model, tx=tx,
                                     image_shape=IMAGE_SHAPE)
-  config = config_base.base_config()
+  config = schema.base_config()
   step = jax.jit(functools.partial(
-      training.train_step, loss_fn=objectives.make_loss_fn(config.diffusion), ema_decay=0.9))
+      step_lib.train_step, loss_fn=objectives.make_loss_fn(config.diffusion), ema_decay=0.9))
   return state, step
 
 
 def test_learning_rate_warmup_values():
-  schedule = training.learning_rate_schedule(learning_rate=2e-4, warmup_steps=100)
+  schedule = step_lib.learning_rate_schedule(learning_rate=2e-4, warmup_steps=100)
   assert float(schedule(0)) == 0.0
   # float32 arithmetic of optax's interpolation: equal to 1 ulp.
   np.testing.assert_allclose(float(schedule(50)), 1e-4, rtol=1e-6)
   assert float(schedule(100)) == float(schedule(10_000)) == np.float32(2e-4)
-  assert float(training.learning_rate_schedule(learning_rate=1e-3, warmup_steps=0)(0)) == (
+  assert float(step_lib.learning_rate_schedule(learning_rate=1e-3, warmup_steps=0)(0)) == (
       np.float32(1e-3))
 
 
@@ -61,7 +63,7 @@ def test_make_optimizer_clips_then_adam():
   params = {"w": jnp.zeros(3)}
   grads = [{"w": jnp.array([30.0, -40.0, 0.0])}, {"w": jnp.array([0.01, 0.02, -0.03])}]
   reference = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(
-      training.learning_rate_schedule(learning_rate=0.1, warmup_steps=0)))
+      step_lib.learning_rate_schedule(learning_rate=0.1, warmup_steps=0)))
 
   def run(tx):
     opt_state, updates = tx.init(params), []
@@ -70,8 +72,8 @@ def test_make_optimizer_clips_then_adam():
       updates.append(update["w"])
     return updates
 
-  clipped = run(training.make_optimizer(learning_rate=0.1, warmup_steps=0, grad_clip=1.0))
-  unclipped = run(training.make_optimizer(learning_rate=0.1, warmup_steps=0, grad_clip=0.0))
+  clipped = run(step_lib.make_optimizer(learning_rate=0.1, warmup_steps=0, grad_clip=1.0))
+  unclipped = run(step_lib.make_optimizer(learning_rate=0.1, warmup_steps=0, grad_clip=0.0))
   for ours, ref in zip(clipped, run(reference)):
     np.testing.assert_array_equal(ours, ref)
   # Clipping the norm-50 first gradient changes Adam's second update.
@@ -80,17 +82,17 @@ def test_make_optimizer_clips_then_adam():
 
 def test_make_optimizer_rejects_bad_options():
   with pytest.raises(ValueError, match="weight_decay=0.1 needs optimizer='adamw'"):
-    training.make_optimizer(learning_rate=1e-3, warmup_steps=0, grad_clip=1.0,
+    step_lib.make_optimizer(learning_rate=1e-3, warmup_steps=0, grad_clip=1.0,
                             weight_decay=0.1)
   with pytest.raises(ValueError, match="optimizer='sgd'"):
-    training.make_optimizer(learning_rate=1e-3, warmup_steps=0, grad_clip=1.0,
+    step_lib.make_optimizer(learning_rate=1e-3, warmup_steps=0, grad_clip=1.0,
                             optimizer="sgd")
 
 
 def test_ema_update_is_exact_convex_combination():
   ema = {"a": jnp.ones(4), "b": jnp.full((2, 2), -2.0)}
   params = {"a": jnp.full(4, 3.0), "b": jnp.full((2, 2), 2.0)}
-  new = training.ema_update(ema, params, decay=0.75)  # Exact in binary floating point.
+  new = step_lib.ema_update(ema, params, decay=0.75)  # Exact in binary floating point.
   np.testing.assert_array_equal(new["a"], np.full(4, 1.5))
   np.testing.assert_array_equal(new["b"], np.full((2, 2), -1.0))
 
@@ -98,8 +100,8 @@ def test_ema_update_is_exact_convex_combination():
 def test_drop_labels():
   labels = jnp.arange(20_000, dtype=jnp.int32) % 10
   np.testing.assert_array_equal(
-      training.drop_labels(jax.random.PRNGKey(0), labels, null_label=10, drop_prob=0.0), labels)
-  dropped = np.asarray(training.drop_labels(jax.random.PRNGKey(1), labels, null_label=10,
+      step_lib.drop_labels(jax.random.PRNGKey(0), labels, null_label=10, drop_prob=0.0), labels)
+  dropped = np.asarray(step_lib.drop_labels(jax.random.PRNGKey(1), labels, null_label=10,
                                             drop_prob=0.2))
   is_null = dropped == 10
   np.testing.assert_array_equal(dropped[~is_null], np.asarray(labels)[~is_null])
@@ -137,11 +139,11 @@ def test_train_step_non_finite_loss_keeps_state(setup):
 
 def test_class_conditional_step_uses_labels():
   model = UNet(**TINY_UNET, num_classes=3)
-  tx = training.make_optimizer(learning_rate=1e-3, warmup_steps=0, grad_clip=1.0)
-  state = training.init_train_state(jax.random.PRNGKey(0), model=model, tx=tx,
+  tx = step_lib.make_optimizer(learning_rate=1e-3, warmup_steps=0, grad_clip=1.0)
+  state = step_lib.init_train_state(jax.random.PRNGKey(0), model=model, tx=tx,
                                     image_shape=IMAGE_SHAPE)
   step = jax.jit(functools.partial(
-      training.train_step, loss_fn=objectives.make_loss_fn(config_base.base_config().diffusion),
+      step_lib.train_step, loss_fn=objectives.make_loss_fn(schema.base_config().diffusion),
       ema_decay=0.9, label_dropout=0.1, num_classes=3))
   batch = _batch()
   # The U-Net's zero-initialised output convolutions (final, then each residual block's
@@ -157,40 +159,40 @@ def test_class_conditional_step_uses_labels():
 
 
 def test_fsdp_spec():
-  assert parallel.fsdp_spec((3, 3, 16, 32), num_shards=8, min_size=0) == (
+  assert distributed.fsdp_spec((3, 3, 16, 32), num_shards=8, min_size=0) == (
       jax.sharding.PartitionSpec(None, None, None, "data"))
-  assert parallel.fsdp_spec((3, 3, 16, 32), num_shards=8, min_size=10**6) == (
+  assert distributed.fsdp_spec((3, 3, 16, 32), num_shards=8, min_size=10**6) == (
       jax.sharding.PartitionSpec())
-  assert parallel.fsdp_spec((5, 7), num_shards=8, min_size=0) == jax.sharding.PartitionSpec()
+  assert distributed.fsdp_spec((5, 7), num_shards=8, min_size=0) == jax.sharding.PartitionSpec()
 
 
 def test_validate_config_errors_name_the_field():
-  config = config_base.base_config()
-  config_base.validate_config(config, num_devices=8)  # The defaults are valid.
+  config = schema.base_config()
+  validation.validate_config(config, num_devices=8)  # The defaults are valid.
   with pytest.raises(ValueError, match=r"config.train.batch_size=128 is not divisible by the "
                                        r"3 devices"):
-    config_base.validate_config(config, num_devices=3)
+    validation.validate_config(config, num_devices=3)
   with pytest.raises(AttributeError):
     config.train.batch_sise = 64  # The schema is locked: typos fail where they are made.
-  unlocked = config_base.base_config()
+  unlocked = schema.base_config()
   unlocked.unlock()
   unlocked.train.batch_sise = 64
   with pytest.raises(ValueError, match=r"Unknown config field\(s\) config.train.batch_sise"):
-    config_base.validate_config(unlocked, num_devices=1)
-  bad = config_base.base_config()
+    validation.validate_config(unlocked, num_devices=1)
+  bad = schema.base_config()
   bad.diffusion.variance = "learned_range"
   with pytest.raises(ValueError, match="config.model.learn_sigma=True"):
-    config_base.validate_config(bad, num_devices=1)
-  bad = config_base.base_config()
+    validation.validate_config(bad, num_devices=1)
+  bad = schema.base_config()
   bad.diffusion.schedule = "cosine_typo"
   with pytest.raises(ValueError, match="config.diffusion.schedule='cosine_typo'"):
-    config_base.validate_config(bad, num_devices=1)
+    validation.validate_config(bad, num_devices=1)
 
 
 def test_config_json_round_trip():
-  config = config_base.base_config()
+  config = schema.base_config()
   config.model.num_classes = 10
-  restored = config_base.config_from_json(config.to_json())
+  restored = schema.config_from_json(config.to_json())
   assert restored.to_dict() == config.to_dict()
   assert isinstance(restored.model.channel_mult, tuple)
 
@@ -199,23 +201,25 @@ _EIGHT_DEVICES = textwrap.dedent("""
     import functools, json, os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np
-    from jaxdiff import config_base, objectives, parallel, training
+    from jaxdiff import parallel
+    from jaxdiff.config import objectives, schema
+    from jaxdiff.job import distributed, step as step_lib
     from jaxdiff.models import UNet
     assert jax.device_count() == 8
     model = UNet(base_channels=8, channel_mult=(1,), num_res_blocks=1,
                  attention_resolutions=(), num_groups=4, dropout=0.0)
-    tx = training.make_optimizer(learning_rate=1e-3, warmup_steps=0, grad_clip=1.0)
-    init = functools.partial(training.init_train_state, model=model, tx=tx,
+    tx = step_lib.make_optimizer(learning_rate=1e-3, warmup_steps=0, grad_clip=1.0)
+    init = functools.partial(step_lib.init_train_state, model=model, tx=tx,
                              image_shape=(8, 8, 1))
-    step = functools.partial(training.train_step, ema_decay=0.9,
-                             loss_fn=objectives.make_loss_fn(config_base.base_config().diffusion))
+    step = functools.partial(step_lib.train_step, ema_decay=0.9,
+                             loss_fn=objectives.make_loss_fn(schema.base_config().diffusion))
     images = jax.random.uniform(jax.random.PRNGKey(3), (16, 8, 8, 1), minval=-1, maxval=1)
     results = {}
     for name, devices, shard in (("one", jax.devices()[:1], False),
                                  ("eight", jax.devices(), False),
                                  ("eight_fsdp", jax.devices(), True)):
       mesh = parallel.make_mesh(devices)
-      shardings = parallel.state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh,
+      shardings = distributed.state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh,
                                            shard_params=shard, min_size=0)
       state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
       batch = {"image": jax.device_put(images, parallel.batch_sharding(mesh))}
@@ -270,7 +274,7 @@ def test_model_fn_for_conditioning_and_guidance():
   x, t, labels = jnp.ones((2, 1, 1, 1)), jnp.zeros((2,), jnp.int32), jnp.array([0, 1])
 
   def out(**kw):
-    return np.asarray(generate.model_fn_for(model, params, **kw)(x, t)).ravel()
+    return np.asarray(generation.model_fn_for(model, params, **kw)(x, t)).ravel()
 
   np.testing.assert_array_equal(out(), [4.0, 4.0])  # Unconditional: the null label.
   np.testing.assert_array_equal(out(labels=labels), [1.0, 2.0])
@@ -281,20 +285,20 @@ def test_model_fn_for_conditioning_and_guidance():
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_sample_images_shapes_and_determinism(sampler):
-  config = config_base.base_config()
+  config = schema.base_config()
   config.model.num_classes = 3
   config.diffusion.num_timesteps = 50  # Linear betas scale by 1000 / T: T >= 21.
   config.data.update(image_size=4, channels=1)
   config.sample.update(sampler=sampler, num_samples=4, num_steps=3, guidance_scale=2.0)
-  np.testing.assert_array_equal(generate.sample_labels(config), [0, 1, 2, 0])
+  np.testing.assert_array_equal(generation.sample_labels(config), [0, 1, 2, 0])
   model, params = _LabelScale(), {"w": jnp.array([0.1, 0.2, 0.3, 0.4])}
-  samples = generate.sample_images(config, model, params, jax.random.PRNGKey(0))
+  samples = generation.sample_images(config, model, params, jax.random.PRNGKey(0))
   chex.assert_shape(samples, (4, 4, 4, 1))
   chex.assert_tree_all_finite(samples)
   np.testing.assert_array_equal(
-      samples, generate.sample_images(config, model, params, jax.random.PRNGKey(0)))
+      samples, generation.sample_images(config, model, params, jax.random.PRNGKey(0)))
   assert not np.array_equal(
-      samples, generate.sample_images(config, model, params, jax.random.PRNGKey(1)))
+      samples, generation.sample_images(config, model, params, jax.random.PRNGKey(1)))
 
 
 def _load_config(name):
@@ -310,7 +314,7 @@ def _load_config(name):
                                   "cifar10_ddpm", "celeba64", "imagenet64"])
 def test_shipped_configs_are_valid(name):
   config = _load_config(name)
-  config_base.validate_config(config, num_devices=8)
+  validation.validate_config(config, num_devices=8)
   assert set(config.keys()) >= {"model", "diffusion", "data", "train", "sample"}
   UNet(**config.model)  # The model section is exactly UNet's keyword arguments.
 
@@ -321,7 +325,7 @@ def test_cifar10_config_is_the_ddpm_recipe():
   assert (train.learning_rate, train.warmup_steps, train.grad_clip, train.batch_size,
           train.ema_decay) == (2e-4, 5000, 1.0, 128, 0.9999)
   assert config.data.random_flip and config.diffusion.num_timesteps == 1000
-  params = jax.eval_shape(lambda: training.init_train_state(
+  params = jax.eval_shape(lambda: step_lib.init_train_state(
       jax.random.PRNGKey(0), model=UNet(**config.model), tx=optax.identity(),
       image_shape=(32, 32, 3))).params
   assert sum(x.size for x in jax.tree.leaves(params)) == 35_746_307  # Ho et al.: 35.7M.

@@ -1,7 +1,7 @@
 """Evaluation: Frechet distances (FID with a Flax FID-InceptionV3, and in the features of a
 small classifier for small data sets), Inception Score, and test-set bits/dim.
 
-`jaxdiff.evaluation.metrics` ties them to a training config and model (and holds
+`jaxdiff.job.evaluation` ties them to a training config and model (and holds
 `evaluate_during_training`); `python -m jaxdiff.evaluate` is the command.
 """
 
@@ -16,8 +16,11 @@ from jaxdiff.evaluation.inception import (InceptionV3, inception_outputs,
                                           load_inception_variables, state_dict_to_variables)
 from jaxdiff.evaluation.inception_score import inception_score
 
+# The metric names that configs and `python -m jaxdiff.evaluate --metrics` take.
+METRICS = ("bpd", "fid", "classifier_fd")
+
 __all__ = [
-    "BpdResult", "FeatureClassifier", "FeatureStatistics", "InceptionV3", "TrainedClassifier",
+    "BpdResult", "METRICS", "FeatureClassifier", "FeatureStatistics", "InceptionV3", "TrainedClassifier",
     "cached_statistics", "dataset_bpd", "feature_statistics", "frechet_distance",
     "frechet_distance_from_stats", "inception_outputs", "inception_score",
     "load_inception_variables", "load_or_train_classifier", "load_statistics",

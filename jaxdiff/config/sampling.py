@@ -30,7 +30,8 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from jaxdiff import objectives, samplers, sde_samplers
+from jaxdiff import samplers, sde_samplers
+from jaxdiff.config import objectives
 
 Array = jax.Array
 

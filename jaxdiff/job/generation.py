@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from jaxdiff import samplers, sampling_registry
+from jaxdiff import samplers
+from jaxdiff.config import sampling
 
 
 def _conditional(apply_fn: Callable[..., jax.Array], variables: Any, y: jax.Array,
@@ -48,7 +49,7 @@ def sample_images(config: ml_collections.ConfigDict, model: nn.Module, params: A
   """`config.sample.num_samples` images [N, H, W, C] in [-1, 1] from `params`.
 
   Runs `config.sample.sampler` from the one sampler table
-  (`jaxdiff.sampling_registry.SAMPLERS`: the discrete chains for objective "ddpm", the SDE
+  (`jaxdiff.sampling.SAMPLERS`: the discrete chains for objective "ddpm", the SDE
   samplers for "sde_dsm", annealed Langevin dynamics for "ncsn") with `config.sample`'s
   steps and options. With `sharding` (split over the batch axis) the chain runs on all its
   devices.
@@ -61,8 +62,8 @@ def sample_images(config: ml_collections.ConfigDict, model: nn.Module, params: A
   model_fn = model_fn_for(model, params, labels=sample_labels(config),
                           guidance_scale=sample_config.guidance_scale,
                           null_label=config.model.num_classes)
-  job = sampling_registry.Job(model_fn=model_fn, diffusion=config.diffusion, rng=chain_rng,
+  job = sampling.Job(model_fn=model_fn, diffusion=config.diffusion, rng=chain_rng,
                               x_T=x_T, num_steps=sample_config.num_steps,
                               eta=sample_config.eta, clip_denoised=sample_config.clip_denoised,
                               step_lr=sample_config.ald_step_lr)
-  return sampling_registry.run_sampler(sample_config.sampler, job)
+  return sampling.run_sampler(sample_config.sampler, job)

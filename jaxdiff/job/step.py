@@ -12,10 +12,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import struct
 
-from jaxdiff.objectives import LossFn
+from jaxdiff.config import builders
+from jaxdiff.config.objectives import LossFn
 
 
 @struct.dataclass
@@ -117,3 +119,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
   return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The optimizer of `config.train` (see `make_optimizer`)."""
+  return make_optimizer(**builders.optimizer_options(config.train))
+
+
+def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
+  """The TrainState that `config` trains, with jax.ShapeDtypeStruct leaves (no compute)."""
+  model, tx = builders.build_model(config), build_optimizer(config)
+  return jax.eval_shape(
+      lambda rng: init_train_state(rng, model=model, tx=tx,
+                                   image_shape=builders.image_shape(config)),
+      jax.random.PRNGKey(0))

@@ -27,10 +27,14 @@ import tqdm
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxdiff import builders, checkpointing, config_base, data, generate, images, objectives
-from jaxdiff import parallel, training
-from jaxdiff.evaluation import metrics as eval_metrics
-from jaxdiff.metric_writers import MetricWriter
+from jaxdiff import data, images, parallel
+from jaxdiff.config import builders, objectives, validation
+from jaxdiff.job import checkpoints as checkpointing
+from jaxdiff.job import evaluation as eval_metrics
+from jaxdiff.job import generation
+from jaxdiff.job import distributed
+from jaxdiff.job import step as training
+from jaxdiff.job.writers import MetricWriter
 
 
 class _SigtermFlag:
@@ -66,7 +70,7 @@ def _check_labels(config: ml_collections.ConfigDict, source: data.ImageSource) -
 def _save_samples(config: ml_collections.ConfigDict, model, state: training.TrainState,
                   rng: jax.Array, *, step: int, workdir: epath.Path,
                   sharding: jax.sharding.Sharding, writer: MetricWriter) -> None:
-  samples = generate.sample_images(config, model, state.ema_params,
+  samples = generation.sample_images(config, model, state.ema_params,
                                    jax.random.fold_in(rng, step), sharding=sharding)
   samples = multihost_utils.process_allgather(samples, tiled=True)
   if jax.process_index() == 0:
@@ -94,7 +98,7 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
   Returns the final TrainState. Raises ValueError on a bad config before compiling
   anything, FloatingPointError on a non-finite loss or gradient norm.
   """
-  config_base.validate_config(config, num_devices=jax.device_count())
+  validation.validate_config(config, num_devices=jax.device_count())
   workdir = epath.Path(workdir)
   train_config = config.train
   mesh = parallel.make_mesh()
@@ -103,7 +107,7 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
   source = data.make_source(config.data)
   _check_labels(config, source)
 
-  model, tx = builders.build_model(config), builders.build_optimizer(config)
+  model, tx = builders.build_model(config), training.build_optimizer(config)
   learning_rate = training.learning_rate_schedule(
       learning_rate=train_config.learning_rate, warmup_steps=train_config.warmup_steps)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(train_config.seed))
@@ -112,7 +116,7 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
   init_fn = functools.partial(training.init_train_state, model=model, tx=tx,
                               image_shape=builders.image_shape(config))
   abstract_state = jax.eval_shape(init_fn, init_rng)
-  shardings = parallel.state_shardings(abstract_state, mesh,
+  shardings = distributed.state_shardings(abstract_state, mesh,
                                        shard_params=train_config.shard_params,
                                        min_size=train_config.shard_min_size)
 

@@ -27,7 +27,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxdiff import builders, config_base, training
+from jaxdiff.config import schema
+from jaxdiff.job import step as step_lib
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -37,7 +38,7 @@ CHECKPOINT_DIR = "checkpoints"
 class Restored:
   """A restored checkpoint: state, base rng key, metadata (e.g. data_position), step."""
 
-  state: training.TrainState
+  state: step_lib.TrainState
   rng: jax.Array
   metadata: dict[str, Any]
   step: int
@@ -50,7 +51,7 @@ def _abstract(tree: Any) -> Any:
       tree)
 
 
-def _payload(state: training.TrainState, rng: jax.Array) -> dict[str, Any]:
+def _payload(state: step_lib.TrainState, rng: jax.Array) -> dict[str, Any]:
   return {"state": flax.serialization.to_state_dict(state), "rng": rng}
 
 
@@ -71,7 +72,7 @@ class Checkpointer:
     """Steps of the finished checkpoints, ascending."""
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: training.TrainState, rng: jax.Array, *,
+  def save(self, step: int, state: step_lib.TrainState, rng: jax.Array, *,
            metadata: dict[str, Any]) -> None:
     """Starts saving (asynchronously when enabled); a no-op if `step` is already saved."""
     if step in self._manager.all_steps():
@@ -80,7 +81,7 @@ class Checkpointer:
         payload=ocp.args.StandardSave(_payload(state, rng)),
         metadata=ocp.args.JsonSave(metadata)), force=True)
 
-  def restore(self, step: int, template: training.TrainState,
+  def restore(self, step: int, template: step_lib.TrainState,
               rng_template: jax.Array) -> Restored:
     """Restores `step` into the structure, dtypes and shardings of the templates.
 
@@ -94,7 +95,7 @@ class Checkpointer:
     return Restored(state=state, rng=payload["rng"], metadata=dict(restored["metadata"]),
                     step=step)
 
-  def restore_latest(self, template: training.TrainState, rng_template: jax.Array, *,
+  def restore_latest(self, template: step_lib.TrainState, rng_template: jax.Array, *,
                      set_aside_unreadable: bool = False) -> Restored | None:
     """Restores the newest readable checkpoint; None when there is none at all.
 
@@ -153,7 +154,7 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   if not path.exists():
     raise FileNotFoundError(f"No {CONFIG_FILE} in workdir {os.fspath(workdir)!r}: not a "
                             "jaxdiff training workdir, or training never started there.")
-  return config_base.config_from_json(path.read_text())
+  return schema.config_from_json(path.read_text())
 
 
 def load_workdir(workdir: str | os.PathLike, *, step: int | None = None,
@@ -173,7 +174,7 @@ def load_workdir(workdir: str | os.PathLike, *, step: int | None = None,
   config = read_config(workdir)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          builders.abstract_train_state(config))
+                          step_lib.abstract_train_state(config))
   rng_template = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding)
   checkpointer = Checkpointer(epath.Path(workdir) / CHECKPOINT_DIR, max_to_keep=None,
                               async_save=False)

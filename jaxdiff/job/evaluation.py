@@ -23,14 +23,14 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxdiff import generate, images, objectives, parallel
+from jaxdiff import images, parallel
+from jaxdiff.config import objectives
 from jaxdiff.evaluation import bpd as bpd_lib
-from jaxdiff.evaluation import frechet, inception
+from jaxdiff.evaluation import METRICS, frechet, inception
 from jaxdiff.evaluation.classifier import TrainedClassifier, load_or_train_classifier
 from jaxdiff.evaluation.datasets import load_images
 from jaxdiff.evaluation.inception_score import inception_score
-
-METRICS = ("bpd", "fid", "classifier_fd")
+from jaxdiff.job import generation
 
 
 def default_cache_dir() -> str:
@@ -137,7 +137,7 @@ def generate_samples(config: ml_collections.ConfigDict, model: nn.Module, params
   batch_config.sample.num_samples = batch_size
   batches = []
   for index in range(-(-num_samples // batch_size)):
-    batches.append(np.asarray(multihost_utils.process_allgather(generate.sample_images(
+    batches.append(np.asarray(multihost_utils.process_allgather(generation.sample_images(
         batch_config, model, params, jax.random.fold_in(rng, index),
         sharding=parallel.batch_sharding(mesh)), tiled=True)))
   return images.from_uint8(images.to_uint8(np.concatenate(batches)[:num_samples]))

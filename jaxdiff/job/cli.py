@@ -10,7 +10,8 @@ from typing import Any
 
 import ml_collections
 
-from jaxdiff import checkpointing, parallel
+from jaxdiff import parallel
+from jaxdiff.job import checkpoints
 
 
 class CliError(Exception):
@@ -31,6 +32,6 @@ def load_run(workdir: str, *, step: int | None, mesh: Any) -> tuple[ml_collectio
     CliError: if the workdir has no config or checkpoint, or none that can be read.
   """
   try:
-    return checkpointing.load_workdir(workdir, step=step, sharding=parallel.replicated(mesh))
+    return checkpoints.load_workdir(workdir, step=step, sharding=parallel.replicated(mesh))
   except (FileNotFoundError, RuntimeError) as e:
     raise CliError(str(e)) from None

@@ -14,7 +14,7 @@ per-example loss of `config.diffusion.objective`:
   ladder as its timestep and score(x, sigma_i) = model(x, i) / sigma_i.
 
 The score functions built here serve both the losses and the samplers
-(`jaxdiff.sampling_registry`), so training and sampling cannot disagree on them.
+(`jaxdiff.config.sampling`), so training and sampling cannot disagree on them.
 """
 
 from collections.abc import Callable

@@ -1,0 +1,151 @@
+"""The training config schema: every field and its default; reading saved configs.
+
+Each `configs/NAME.py` starts from `base_config()` and changes fields; the returned
+ConfigDict is locked, so assigning a misspelt field in a config file raises at once, and
+`--config.SECTION.FIELD=...` overrides of unknown fields are refused by ml_collections.
+This module imports nothing but ml_collections, so that importing a config file is cheap;
+`jaxdiff.config.validation.validate_config` checks the values.
+"""
+
+import importlib.util
+import json
+import os
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the locked schema with defaults (Ho et al.'s DDPM training recipe)."""
+  config = ml_collections.ConfigDict()
+
+  # Keyword arguments of jaxdiff.models.UNet, so that UNet(**config.model) builds it.
+  config.model = ml_collections.ConfigDict(dict(
+      out_channels=config_dict.placeholder(int),
+      base_channels=128,
+      channel_mult=(1, 2, 2, 2),
+      num_res_blocks=2,
+      attention_resolutions=(16,),
+      num_heads=1,
+      num_head_channels=config_dict.placeholder(int),
+      dropout=0.1,
+      use_scale_shift_norm=False,
+      resblock_updown=False,
+      num_classes=config_dict.placeholder(int),
+      learn_sigma=False,
+      num_groups=32,
+      dtype="float32",
+      remat=False,
+  ))
+
+  config.diffusion = ml_collections.ConfigDict(dict(
+      schedule="linear",
+      num_timesteps=1000,
+      prediction="eps",
+      loss_type="mse",
+      variance="fixed_large",
+      weighting=config_dict.placeholder(str),
+      min_snr_gamma=5.0,
+      # The objective (jaxdiff.objectives): "ddpm" (discrete, the losses above), "sde_dsm"
+      # (continuous DSM, Song et al. 2021 eq. 7) or "ncsn" (Song & Ermon 2019).
+      objective="ddpm",
+      sde="vpsde",               # sde_dsm: "vpsde", "subvpsde" or "vesde".
+      beta_min=0.1,              # VP / sub-VP beta(t) range.
+      beta_max=20.0,
+      sigma_min=0.01,            # VE SDE and NCSN noise ladder range.
+      sigma_max=50.0,
+      num_scales=1000,           # SDE discretization steps N (pc); NCSN ladder length L.
+      likelihood_weighting=False,  # sde_dsm: lambda(t) = g(t)^2 (Song et al. 2021b).
+      sde_eps=1e-5,              # sde_dsm: training times t ~ U(sde_eps, 1).
+  ))
+
+  config.data = ml_collections.ConfigDict(dict(
+      source="tfds",             # "tfds": a TFDS dataset by name; "idx": local IDX files.
+      name="sklearn_digits",     # TFDS name (jaxdiff registers "sklearn_digits").
+      split="train",
+      data_dir=config_dict.placeholder(str),  # TFDS data_dir; None = TFDS's default.
+      download=True,             # Let TFDS download_and_prepare when not yet prepared.
+      idx_dir=config_dict.placeholder(str),   # Folder of IDX files for source="idx".
+      image_size=16,             # Images are centre-cropped to a square and resized to this.
+      channels=1,
+      random_flip=False,         # Random horizontal flips.
+      prefetch=2,                # Batches prepared ahead and placed on the devices.
+  ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      seed=0,
+      batch_size=128,            # Global batch, split over every device of every process.
+      num_steps=800_000,
+      optimizer="adam",
+      learning_rate=2e-4,
+      warmup_steps=5000,
+      grad_clip=1.0,             # Global-norm clipping; 0 disables it.
+      weight_decay=0.0,          # Only for optimizer="adamw".
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      ema_decay=0.9999,
+      label_dropout=0.0,         # Classifier-free guidance: P(label -> null label).
+      log_every=100,
+      checkpoint_every=5000,
+      keep_checkpoints=3,
+      async_checkpointing=True,
+      sample_every=0,            # Steps between sample grids; 0 = only at the end.
+      shard_params=False,        # FSDP-style: shard params, EMA and optimizer state too.
+      shard_min_size=2**18,      # Arrays smaller than this stay replicated when sharding.
+  ))
+
+  config.sample = ml_collections.ConfigDict(dict(
+      sampler="ddpm",
+      num_samples=64,
+      num_steps=config_dict.placeholder(int),  # None = the full chain.
+      eta=0.0,                   # DDIM only.
+      guidance_scale=1.0,        # Class-conditional models: 0 uncond., 1 cond., >1 guided.
+      clip_denoised=True,
+      seed=0,
+      ald_step_lr=2e-5,          # ald: Langevin step size at the smallest sigma.
+  ))
+
+  # Periodic evaluation during training (jaxdiff.job.evaluation.evaluate_during_training).
+  config.eval = ml_collections.ConfigDict(dict(
+      every=0,                   # Steps between evaluations; 0 = off.
+      metrics=("classifier_fd",),  # Subset of jaxdiff.evaluation.METRICS.
+      num_samples=256,           # Samples for classifier_fd / fid.
+      bpd_split="test",          # Held-out split for bits/dim.
+      bpd_examples=256,
+      inception_weights=config_dict.placeholder(str),  # FID Inception .npz, for "fid".
+      cache_dir=config_dict.placeholder(str),  # None = $JAXDIFF_CACHE or ~/.cache/jaxdiff.
+  ))
+  config.lock()
+  return config
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """`get_config()` of the config file at `path` (so one config can build on another)."""
+  if not os.path.isfile(path):
+    raise ValueError(f"No config file at {os.fspath(path)!r}; expected a configs/NAME.py.")
+  spec = importlib.util.spec_from_file_location(
+      f"jaxdiff_config_{os.path.splitext(os.path.basename(path))[0]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _merge(target: ml_collections.ConfigDict, values: dict[str, Any], path: str) -> None:
+  for key, value in values.items():
+    if key not in target:
+      raise ValueError(f"Saved config has unknown field config{path}.{key}.")
+    if isinstance(target[key], ml_collections.ConfigDict):
+      _merge(target[key], value, f"{path}.{key}")
+    elif isinstance(target[key], tuple) and isinstance(value, list):
+      target[key] = tuple(value)  # JSON has no tuples; the schema says which fields are.
+    else:
+      target[key] = value
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+  """Rebuilds a config saved with `config.to_json()` (tuples restored from the schema)."""
+  config = base_config()
+  _merge(config, json.loads(text), "")
+  return config

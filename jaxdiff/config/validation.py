@@ -1,0 +1,133 @@
+"""Validation of a training config: every value that can be checked before compiling.
+
+`validate_config` checks field names against the schema (`jaxdiff.config.schema`), choice
+fields against the tables that define them, positive sizes, divisibility by the device
+count, and the consistency of the objective, the model and the sampler.
+"""
+
+from typing import Any
+
+import ml_collections
+
+from jaxdiff import diffusion, losses, schedules
+from jaxdiff.config import objectives, sampling
+from jaxdiff.config.schema import base_config
+from jaxdiff.evaluation import METRICS
+
+_CHOICES = {
+    ("diffusion", "objective"): objectives.OBJECTIVES,
+    ("diffusion", "sde"): objectives.SDES,
+    ("diffusion", "schedule"): schedules.SCHEDULE_KINDS,
+    ("diffusion", "prediction"): diffusion.PREDICTIONS,
+    ("diffusion", "loss_type"): losses.LOSS_TYPES,
+    ("diffusion", "variance"): diffusion.VARIANCES,
+    ("diffusion", "weighting"): losses.WEIGHTINGS,
+    ("data", "source"): ("tfds", "idx"),
+    ("train", "optimizer"): ("adam", "adamw"),
+    ("sample", "sampler"): sampling.GRID_SAMPLERS,
+    ("model", "dtype"): ("float32", "bfloat16"),
+}
+_LEARNED_VARIANCES = ("learned", "learned_range")
+_POSITIVE_INTS = (
+    ("data", "image_size"), ("data", "channels"), ("train", "batch_size"),
+    ("train", "num_steps"), ("train", "log_every"), ("train", "checkpoint_every"),
+    ("train", "keep_checkpoints"), ("sample", "num_samples"), ("diffusion", "num_timesteps"),
+    ("diffusion", "num_scales"), ("eval", "num_samples"), ("eval", "bpd_examples"),
+)
+_INCREASING = (("diffusion", "beta_min", "beta_max"), ("diffusion", "sigma_min", "sigma_max"))
+
+
+def _check_keys(config: Any, schema: Any, path: str) -> None:
+  if not isinstance(config, (dict, ml_collections.ConfigDict)):
+    raise ValueError(f"config{path} must be a section (ConfigDict), got {config!r}.")
+  unknown = sorted(set(config.keys()) - set(schema.keys()))
+  if unknown:
+    raise ValueError(
+        f"Unknown config field(s) {', '.join(f'config{path}.{k}' for k in unknown)}; "
+        f"expected fields of config{path or ' (root)'}: {', '.join(sorted(schema.keys()))}.")
+  missing = sorted(set(schema.keys()) - set(config.keys()))
+  if missing:
+    raise ValueError(f"Missing config field(s): {', '.join(f'config{path}.{k}' for k in missing)}.")
+  for key, value in schema.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      _check_keys(config[key], value, f"{path}.{key}")
+
+
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
+  """Raises ValueError naming the bad field when `config` cannot be trained as given.
+
+  Checks field names against `base_config()`, choice fields, positive sizes, the global
+  batch and sample count being divisible by `num_devices`, and the consistency of learned
+  variance and class conditioning. Cheap: call it before building or compiling anything.
+  """
+  _check_keys(config, base_config(), "")
+  for (section, field), choices in _CHOICES.items():
+    value = config[section][field]
+    if value not in choices:
+      raise ValueError(f"config.{section}.{field}={value!r} is not one of {choices}.")
+  for section, field in _POSITIVE_INTS:
+    value = config[section][field]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise ValueError(f"config.{section}.{field}={value!r}; expected a positive integer.")
+  for section, field in (("train", "batch_size"), ("sample", "num_samples")):
+    value = config[section][field]
+    if value % num_devices:
+      raise ValueError(
+          f"config.{section}.{field}={value} is not divisible by the {num_devices} devices; "
+          f"use a multiple of {num_devices}.")
+  learned = config.diffusion.variance in _LEARNED_VARIANCES
+  if learned != bool(config.model.learn_sigma):
+    raise ValueError(
+        f"config.diffusion.variance={config.diffusion.variance!r} needs "
+        f"config.model.learn_sigma={learned}, got {config.model.learn_sigma}.")
+  if config.diffusion.loss_type == "hybrid" and not learned:
+    raise ValueError(
+        "config.diffusion.loss_type='hybrid' trains the variance; it needs "
+        f"config.diffusion.variance in {_LEARNED_VARIANCES}.")
+  if not 0.0 <= config.train.label_dropout < 1.0:
+    raise ValueError(f"config.train.label_dropout={config.train.label_dropout}; expected [0, 1).")
+  if config.train.label_dropout > 0 and config.model.num_classes is None:
+    raise ValueError(
+        f"config.train.label_dropout={config.train.label_dropout} needs a class-conditional "
+        "model: set config.model.num_classes.")
+  if not 0.0 <= config.train.ema_decay < 1.0:
+    raise ValueError(f"config.train.ema_decay={config.train.ema_decay}; expected [0, 1).")
+  if config.data.source == "idx" and not config.data.idx_dir:
+    raise ValueError("config.data.source='idx' needs config.data.idx_dir, the IDX folder.")
+  _validate_objective(config)
+  _validate_eval(config.eval, objective=config.diffusion.objective)
+
+
+def _validate_objective(config: ml_collections.ConfigDict) -> None:
+  """The score-SDE fields: increasing ranges, eps in (0, 1), a sampler that fits."""
+  for section, low, high in _INCREASING:
+    low_value, high_value = config[section][low], config[section][high]
+    if not 0 < low_value < high_value:
+      raise ValueError(f"config.{section}.{low}={low_value}, config.{section}.{high}="
+                       f"{high_value}; expected 0 < {low} < {high}.")
+  if not 0.0 < config.diffusion.sde_eps < 1.0:
+    raise ValueError(f"config.diffusion.sde_eps={config.diffusion.sde_eps}; expected (0, 1).")
+  try:
+    sampling.check_fits(config.sample.sampler, config.diffusion,
+                                 num_steps=config.sample.num_steps)
+  except ValueError as e:
+    raise ValueError(f"config.sample.sampler={config.sample.sampler!r}: {e}.") from None
+
+
+def _validate_eval(eval_config: ml_collections.ConfigDict, *, objective: str) -> None:
+  """config.eval: a non-negative period and known metrics that this objective supports."""
+  every = eval_config.every
+  if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+    raise ValueError(f"config.eval.every={every!r}; expected an integer >= 0 (0 = off).")
+  unknown = sorted(set(eval_config.metrics) - set(METRICS))
+  if unknown or not eval_config.metrics:
+    raise ValueError(f"config.eval.metrics={tuple(eval_config.metrics)!r}; expected a "
+                     f"non-empty subset of {METRICS}.")
+  if "bpd" in eval_config.metrics and objective != "ddpm":
+    raise ValueError(f"config.eval.metrics has 'bpd', the discrete variational bound; it "
+                     f"needs config.diffusion.objective='ddpm', not {objective!r}.")
+  if "fid" in eval_config.metrics and not eval_config.inception_weights:
+    raise ValueError("config.eval.metrics has 'fid'; it needs config.eval.inception_weights, "
+                     "the FID Inception .npz.")
+
+
