@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 
 from jaxdiff import images, parallel, samplers
 from jaxdiff.config import builders, sampling
-from jaxdiff.job import cli, generation
+from jaxdiff.job import cli, generation, runtime
 
 
 SAMPLERS = sampling.SAMPLERS
@@ -251,6 +251,7 @@ def run(args: argparse.Namespace) -> tuple[str, str]:
 
 def main(argv: list[str]) -> int:
   """Entry point: runs `run`, printing a user error as one line on stderr (exit code 2)."""
+  runtime.setup()  # The persistent compilation cache ($JAXDIFF_COMPILATION_CACHE or "off").
   try:
     args = parse_args(argv)
     absl_logging.set_verbosity(absl_logging.WARNING)

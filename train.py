@@ -11,7 +11,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxdiff.job import distributed
+from jaxdiff.job import distributed, runtime
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                                "digits.py")
@@ -25,12 +25,17 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for a manual multi-process launch.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a manual launch.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id in a manual launch.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None,
+    "Persistent compilation cache directory, or 'off' (default: $JAXDIFF_COMPILATION_CACHE, "
+    "else ~/.cache/jaxdiff/xla/<host>; see jaxdiff/job/runtime.py).")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
+  runtime.setup(compilation_cache=_COMPILATION_CACHE.value)
   if _DISTRIBUTED.value or _COORDINATOR.value:
     distributed.initialize_distributed(coordinator_address=_COORDINATOR.value,
                                     num_processes=_NUM_PROCESSES.value,

@@ -30,7 +30,7 @@ from absl import logging as absl_logging
 
 from jaxdiff import images, parallel
 from jaxdiff.config import builders, sampling
-from jaxdiff.job import cli
+from jaxdiff.job import cli, runtime
 from jaxdiff.job import evaluation as metrics
 
 
@@ -62,6 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--cache_dir", default=None, help="default: $JAXDIFF_CACHE or "
                                                    "~/.cache/jaxdiff")
   p.add_argument("--out", default=None, help="JSON output (default: WORKDIR/eval_<step>.json)")
+  p.add_argument("--compilation_cache", default=None,
+                 help="persistent compilation cache directory, or 'off' (default: "
+                      "$JAXDIFF_COMPILATION_CACHE, else ~/.cache/jaxdiff/xla/<host>)")
   args = p.parse_args(argv)
   args.metrics = [m for m in args.metrics.split(",") if m]
   unknown = [m for m in args.metrics if m not in metrics.METRICS]
@@ -155,6 +158,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   try:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     absl_logging.set_verbosity(absl_logging.WARNING)
+    runtime.setup(compilation_cache=args.compilation_cache)
     results = run(args)
   except cli.CliError as e:
     print(f"jaxdiff.evaluate: error: {e}", file=sys.stderr)

@@ -5,6 +5,16 @@ import contextlib
 import jax
 import pytest
 
+from jaxdiff.job import runtime
+
+
+def pytest_configure(config):
+  """The persistent compilation cache for the whole suite (as train.py and sample.py use
+  it): a second run of the suite loads its compiled programs instead of compiling them, and
+  the xdist workers share one directory ($JAXDIFF_COMPILATION_CACHE, "off" to disable)."""
+  del config
+  runtime.setup()
+
 
 @contextlib.contextmanager
 def _x64_enabled():

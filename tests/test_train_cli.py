@@ -1,7 +1,8 @@
 """End-to-end tests of train.py: outputs, exact resume after SIGTERM, faults, config errors.
 
 Every run is a real `python train.py` subprocess on the default digits config with a
-tiny U-Net. The runs share a persistent compilation cache, so only the first compiles.
+tiny U-Net. The runs use the suite's persistent compilation cache (tests/conftest.py), so
+only the first compiles.
 """
 
 import json
@@ -34,11 +35,9 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  cache = tmp_path_factory.mktemp("jax_cache")
   data_dir = tmp_path_factory.mktemp("tfds")
-  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", TFDS_DATA_DIR=str(data_dir),
-              XLA_FLAGS="")
+  return dict(os.environ, JAX_PLATFORMS="cpu", TFDS_DATA_DIR=str(data_dir), XLA_FLAGS="",
+              JAXDIFF_COMPILATION_CACHE=jax.config.jax_compilation_cache_dir or "off")
 
 
 def _command(workdir, *overrides):
