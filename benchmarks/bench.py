@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import presets
-from jaxdiff.job import runtime
 
 HERE = Path(__file__).resolve().parent
 JAX_PYTHON = HERE.parent / ".venv" / "bin" / "python"
@@ -67,8 +66,12 @@ class Worker:
     python = (pythons or PYTHONS)[contender.library]
     script = "jax_worker.py" if contender.library == "jaxdiff" else "torch_worker.py"
     self.log = open(log, "a")
+    env = dict(os.environ)
+    if contender.spec.get("pythonpath"):  # Another checkout's jaxdiff (--baseline).
+      env["PYTHONPATH"] = os.pathsep.join(
+          p for p in (contender.spec["pythonpath"], env.get("PYTHONPATH")) if p)
     self.process = subprocess.Popen(
-        [str(python), script, json.dumps(contender.spec)], cwd=HERE, text=True,
+        [str(python), script, json.dumps(contender.spec)], cwd=HERE, text=True, env=env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
@@ -141,21 +144,21 @@ def train_group(preset: presets.Preset, batch: int, levers: list[Contender]) -> 
 
 
 def flag_variants(preset: presets.Preset, workload: str, variants: dict[str, str],
-                  **kw: Any) -> list[Contender]:
-  """jaxdiff float32 with exactly the XLA flags of each variant (jaxdiff's defaults off),
-  and without any flag (the "before" of the defaults) when jaxdiff has defaults."""
+                  baseline: Path | None, **kw: Any) -> list[Contender]:
+  """jaxdiff float32 with the XLA flags of each variant added to XLA_FLAGS, and the
+  baseline checkout's jaxdiff (same environment and worker) if given."""
   steps = preset.train_steps_per_rep if workload == "train" else 1
   contenders = [Contender("jaxdiff", f"f32 {label}",
-                          jax_spec(preset, workload, xla_flags=flags, cpu_defaults=False,
-                                   **kw), steps)
+                          jax_spec(preset, workload, xla_flags=flags, **kw), steps)
                 for label, flags in variants.items()]
-  if runtime.default_cpu_flags():
-    contenders.append(Contender("jaxdiff", "f32 no XLA flags",
-                                jax_spec(preset, workload, cpu_defaults=False, **kw), steps))
+  if baseline is not None:
+    contenders.append(Contender("jaxdiff", "f32 baseline", jax_spec(
+        preset, workload, pythonpath=str(baseline.resolve()), **kw), steps))
   return contenders
 
 
-def groups_for(preset: presets.Preset, variants: dict[str, str]) -> list[Group]:
+def groups_for(preset: presets.Preset, variants: dict[str, str],
+               baseline: Path | None = None) -> list[Group]:
   """Every group of the run, levers and flag variants included."""
   small, large = preset.train_batches[0], preset.train_batches[-1]
   steps, micro = preset.train_steps_per_rep, preset.micro_steps
@@ -173,14 +176,15 @@ def groups_for(preset: presets.Preset, variants: dict[str, str]) -> list[Group]:
   sample_levers = {"ddpm": [Contender("jaxdiff", "f32 per-step jit loop",
                                       jax_spec(preset, "ddpm", loop=True))]}
   groups = [train_group(preset, b, train_levers.get(b, [])
-                        + flag_variants(preset, "train", variants, batch=b))
+                        + flag_variants(preset, "train", variants, baseline, batch=b))
             for b in preset.train_batches]
   for sampler, n in (("ddpm", preset.ddpm_steps), ("ddim", preset.ddim_steps)):
     groups.append(Group(f"{sampler} {n} steps, batch {preset.sample_batch}", [
         Contender("jaxdiff", "f32 scan", jax_spec(preset, sampler)),
         Contender("peer", "eager f32", peer_spec(preset, sampler)),
         Contender("peer", "compile f32", peer_spec(preset, sampler, compile=True)),
-    ] + sample_levers.get(sampler, []) + flag_variants(preset, sampler, variants)))
+    ] + sample_levers.get(sampler, [])
+        + flag_variants(preset, sampler, variants, baseline)))
   return groups
 
 
@@ -382,8 +386,10 @@ def main() -> None:
   parser.add_argument("--skip", help="leave out contenders whose variant label contains one "
                                      "of these ';'-separated strings, e.g. 'scan;bf16'")
   parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
-                      help="also time jaxdiff float32 with exactly these XLA_FLAGS "
-                           "(repeatable; jaxdiff's default flags off for it)")
+                      help="also time jaxdiff float32 with these XLA_FLAGS (repeatable)")
+  parser.add_argument("--baseline", type=Path,
+                      help="a checkout of another jaxdiff version: also time its float32 "
+                           "('f32 baseline'), with this worker and environment")
   parser.add_argument("--record", action="store_true", help="append to RESULTS.md")
   args = parser.parse_args()
   preset = presets.PRESETS[args.preset]
@@ -397,7 +403,7 @@ def main() -> None:
   matmul = matmul_group(preset)
   peaks = peak_flops(run_group(matmul, rounds=rounds, cpus=cpus, log=log))
   variants = dict(v.split("=", 1) for v in args.variant)
-  groups = groups_for(preset, variants)
+  groups = groups_for(preset, variants, args.baseline)
   if args.only:
     groups = [g for g in groups if g.title.startswith(tuple(args.only.split(";")))]
   if args.skip:

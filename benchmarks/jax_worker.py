@@ -199,14 +199,12 @@ WORKLOADS = {"train": TrainWorkload, "ddpm": SampleWorkload, "ddim": SampleWorkl
 def configure(spec: dict[str, Any]) -> None:
   """The entry points' runtime settings (jaxdiff.job.runtime), before jax initializes.
 
-  spec["xla_flags"] is added to XLA_FLAGS as a user's own flags would be (a variant's
-  flags); spec["cpu_defaults"] False leaves out jaxdiff's default XLA:CPU flags (the
-  "before" of a flag change); spec["compilation_cache"] is the cache directory or "off".
+  spec["xla_flags"] (a flag variant of bench.py) is added to XLA_FLAGS;
+  spec["compilation_cache"] is the persistent cache's directory or "off".
   """
   if spec.get("xla_flags"):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {spec['xla_flags']}".strip()
-  runtime.setup(compilation_cache=spec.get("compilation_cache"),
-                cpu_defaults=spec.get("cpu_defaults", True))
+  runtime.setup(compilation_cache=spec.get("compilation_cache"))
 
 
 def build(spec: dict[str, Any]) -> worker_protocol.Workload:

@@ -1,15 +1,9 @@
-"""Process-wide JAX settings of the entry points: the persistent compilation cache and
-XLA:CPU flags.
+"""Process-wide JAX settings of the entry points: the persistent compilation cache.
 
 `setup` is called once by train.py, sample.py, `python -m jaxdiff.evaluate`, the
 benchmarks and the test suite, before they compile anything; `import jaxdiff` changes no
-global state.
-
-XLA:CPU flags: `CPU_FLAGS` (measured in benchmarks/RESULTS.md) are added to XLA_FLAGS,
-except those whose flag a user's XLA_FLAGS already sets, which win. XLA reads XLA_FLAGS
-when jax first initializes its backend, so `setup` must run before that. A flag that the
-installed jaxlib does not know aborts the process, so only the jaxlib versions the flags
-were checked on get them.
+global state. (No XLA flags are set: none of the XLA:CPU flags measured for issue 13 made
+the U-Net faster on jaxlib 0.10 or 0.12; benchmarks/RESULTS.md. XLA_FLAGS is the user's.)
 
 With the cache on, XLA's compiled programs are written to disk and a second
 run on the same machine loads them instead of compiling again (JAX's persistent
@@ -28,13 +22,10 @@ A directory that cannot be created or written turns the cache off with a one-lin
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import logging
 import os
 import platform
-import re
 import tempfile
-from collections.abc import Sequence
 
 import jax
 
@@ -43,9 +34,6 @@ OFF_VALUES = ("off", "none", "0", "false")
 # Every compiled program is cached, not only those that took over a second (JAX's default):
 # the many small programs of a run (initialization, data, metrics) add up to seconds.
 MIN_COMPILE_TIME_SECS = 0.0
-
-# XLA:CPU flags by jaxlib (major, minor) version; see benchmarks/RESULTS.md for the numbers.
-CPU_FLAGS: dict[tuple[int, int], tuple[str, ...]] = {}
 
 logger = logging.getLogger(__name__)
 
@@ -98,47 +86,13 @@ def _writable(directory: str) -> str | None:
   return None
 
 
-def default_cpu_flags(jaxlib_version: str | None = None) -> tuple[str, ...]:
-  """`CPU_FLAGS` for a jaxlib version ("0.12.0.1"; default: the installed one): those of
-  its (major, minor), else none."""
-  if jaxlib_version is None:
-    jaxlib_version = _installed_jaxlib_version()
-  match = re.match(r"(\d+)\.(\d+)", jaxlib_version)
-  if match is None:
-    return ()
-  return CPU_FLAGS.get((int(match.group(1)), int(match.group(2))), ())
+def setup(*, compilation_cache: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache; returns its directory (None when off).
 
-
-def merge_xla_flags(user_flags: str, defaults: Sequence[str]) -> str:
-  """`user_flags` (an XLA_FLAGS value) plus each of `defaults` ("--name=value") whose name
-  `user_flags` does not set."""
-  given = {flag.split("=", 1)[0] for flag in user_flags.split()}
-  added = [flag for flag in defaults if flag.split("=", 1)[0] not in given]
-  return " ".join([*user_flags.split(), *added])
-
-
-def _installed_jaxlib_version() -> str:
-  """The installed jaxlib's version, without importing it."""
-  try:
-    return importlib.metadata.version("jaxlib")
-  except importlib.metadata.PackageNotFoundError:
-    return ""
-
-
-def setup(*, compilation_cache: str | None = None, cpu_defaults: bool = True) -> str | None:
-  """Adds the default XLA:CPU flags and turns on JAX's persistent compilation cache;
-  returns the cache's directory (None when off).
-
-  Call before jax initializes its backend (the first array or compilation).
-  `compilation_cache` is a directory or "off"; None means JAXDIFF_COMPILATION_CACHE,
-  JAX_COMPILATION_CACHE_DIR or the default (module docstring). A
-  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS in the environment is kept. `cpu_defaults`
-  False leaves XLA_FLAGS as it is.
+  Call before anything is compiled. `compilation_cache` is a directory or "off"; None
+  means JAXDIFF_COMPILATION_CACHE, JAX_COMPILATION_CACHE_DIR or the default (module
+  docstring). A JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS in the environment is kept.
   """
-  if cpu_defaults:
-    flags = merge_xla_flags(os.environ.get("XLA_FLAGS", ""), default_cpu_flags())
-    if flags:
-      os.environ["XLA_FLAGS"] = flags
   directory = requested_cache_dir(compilation_cache,
                                   jax_setting=jax.config.jax_compilation_cache_dir)
   if directory is not None:
