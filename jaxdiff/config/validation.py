@@ -108,8 +108,7 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
   if not 0.0 < config.diffusion.sde_eps < 1.0:
     raise ValueError(f"config.diffusion.sde_eps={config.diffusion.sde_eps}; expected (0, 1).")
   try:
-    sampling.check_fits(config.sample.sampler, config.diffusion,
-                                 num_steps=config.sample.num_steps)
+    sampling.check_fits(config.sample.sampler, config, num_steps=config.sample.num_steps)
   except ValueError as e:
     raise ValueError(f"config.sample.sampler={config.sample.sampler!r}: {e}.") from None
 
