@@ -1,15 +1,19 @@
-"""Denoiser networks: the DDPM / ADM U-Net and its building blocks."""
+"""Denoiser networks: the DDPM / ADM U-Net, the DiT, and their building blocks."""
 
 from jaxdiff.models.attention import AttentionBlock
+from jaxdiff.models.dit import DiT, DiTBlock
 from jaxdiff.models.embeddings import sinusoidal_embedding
-from jaxdiff.models.presets import PRESETS
+from jaxdiff.models.presets import DIT_PRESETS, PRESETS
 from jaxdiff.models.resample import Downsample, Upsample
 from jaxdiff.models.resnet import ResBlock
 from jaxdiff.models.unet import UNet
 
 __all__ = [
+    "DIT_PRESETS",
     "PRESETS",
     "AttentionBlock",
+    "DiT",
+    "DiTBlock",
     "Downsample",
     "ResBlock",
     "UNet",
