@@ -4,6 +4,7 @@ from jaxdiff.models.attention import AttentionBlock
 from jaxdiff.models.dit import DiT, DiTBlock
 from jaxdiff.models.embeddings import sinusoidal_embedding
 from jaxdiff.models.presets import DIT_PRESETS, PRESETS
+from jaxdiff.models.pretrained import load_pretrained
 from jaxdiff.models.resample import Downsample, Upsample
 from jaxdiff.models.resnet import ResBlock
 from jaxdiff.models.unet import UNet
@@ -18,5 +19,6 @@ __all__ = [
     "ResBlock",
     "UNet",
     "Upsample",
+    "load_pretrained",
     "sinusoidal_embedding",
 ]
