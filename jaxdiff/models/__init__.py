@@ -3,6 +3,7 @@
 from jaxdiff.models.attention import AttentionBlock
 from jaxdiff.models.dit import DiT, DiTBlock
 from jaxdiff.models.embeddings import sinusoidal_embedding
+from jaxdiff.models.nnx_adapter import nnx_model_fn
 from jaxdiff.models.presets import DIT_PRESETS, PRESETS
 from jaxdiff.models.pretrained import load_pretrained
 from jaxdiff.models.resample import Downsample, Upsample
@@ -20,5 +21,6 @@ __all__ = [
     "UNet",
     "Upsample",
     "load_pretrained",
+    "nnx_model_fn",
     "sinusoidal_embedding",
 ]
