@@ -5,11 +5,14 @@ safetensors), never in jaxdiff's:
 
     benchmarks/.venv-peer/bin/python benchmarks/make_pretrained_fixtures.py [OUT_DIR]
 
-For each case it builds a small diffusers model with random weights (every parameter drawn
+(`pip install guided-diffusion-sdk` there too: OpenAI's guided-diffusion U-Net.) For each
+diffusers case it builds a small model with random weights (every parameter drawn
 afresh, so no layer is zero), saves it as a model folder (config.json +
 diffusion_pytorch_model.safetensors, in float16; the "legacy" cases with the attention names and the
 config keys of diffusers' first releases, as on the Hub), and records the model's float32
-outputs on fixed inputs, in NHWC, in io.safetensors.
+outputs on fixed inputs, in NHWC, in io.safetensors. The OpenAI U-Net cases store no
+weights: spec.json names the flags, the seed and the tensors, which
+benchmarks/fixture_weights.py draws the same way here and in the test.
 """
 
 import json
@@ -18,8 +21,11 @@ import os
 import sys
 
 import diffusers
+import guided_diffusion.script_util
 import safetensors.torch
 import torch
+
+from fixture_weights import draw_weights
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
     os.path.dirname(__file__), "..", "tests", "fixtures", "pretrained")
@@ -58,6 +64,18 @@ VAE_LEGACY = dict(
 DIT = dict(
     num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
     sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_num_groups=32)
+
+# OpenAI U-Nets (create_model flags): guided-diffusion's ImageNet layout (residual
+# resampling, scale-shift norm, 16-channel heads, new attention order, labels, learned
+# sigma) and improved-diffusion's (convolutional resampling, 2 heads, legacy order).
+OPENAI_GUIDED = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,1",
+                     attention_resolutions="8", num_head_channels=16, use_scale_shift_norm=True,
+                     resblock_updown=True, class_cond=True, learn_sigma=True,
+                     use_new_attention_order=True)
+OPENAI_IMPROVED = dict(image_size=16, num_channels=32, num_res_blocks=2, channel_mult="1,2",
+                       attention_resolutions="16,8", num_heads=2, use_scale_shift_norm=False,
+                       resblock_updown=False, class_cond=False, learn_sigma=False)
+OPENAI_CLASSES = 10  # instead of ImageNet's 1000, to keep the label table small
 
 LEGACY_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
@@ -154,6 +172,31 @@ def dit_case(name: str, config: dict, seed: int) -> None:
        legacy=False)
 
 
+def openai_case(name: str, flags: dict, seed: int) -> None:
+  guided_diffusion.script_util.NUM_CLASSES = OPENAI_CLASSES
+  model = guided_diffusion.script_util.create_model(**flags).eval()
+  shapes = [(k, list(v.shape)) for k, v in model.state_dict().items()]
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in draw_weights(seed, shapes).items()})
+  generator = torch.Generator().manual_seed(seed + 1)
+  size = flags["image_size"]
+  x = torch.randn(2, 3, size, size, generator=generator)
+  t = torch.tensor([3, 817])
+  io = {"x": x, "t": t.float()}
+  labels = None
+  if flags["class_cond"]:
+    labels = torch.tensor([1, 7])
+    io["y"] = labels.float()
+  with torch.no_grad():
+    io["out"] = model(x, t, y=labels)
+  folder = os.path.join(OUT, name)
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "spec.json"), "w") as f:
+    json.dump({"flags": flags, "seed": seed, "tensors": shapes}, f)
+  safetensors.torch.save_file({k: v.permute(0, 2, 3, 1).contiguous() if v.ndim == 4 else v
+                               for k, v in io.items()}, os.path.join(folder, "io.safetensors"))
+  print(name, sum(p.numel() for p in model.parameters()), "parameters (drawn, not stored)")
+
+
 if __name__ == "__main__":
   torch.set_grad_enabled(False)
   unet_case("unet_ddpm_legacy", DDPM_LEGACY, 0, legacy=True)
@@ -161,3 +204,5 @@ if __name__ == "__main__":
   unet_case("unet_variants", VARIANTS, 2)
   vae_case("vae_legacy", VAE_LEGACY, 3)
   dit_case("dit", DIT, 4)
+  openai_case("openai_guided", OPENAI_GUIDED, 5)
+  openai_case("openai_improved", OPENAI_IMPROVED, 6)

@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,13 +14,15 @@ import pytest
 from safetensors.numpy import save_file
 
 from jaxdiff import samplers, schedules
-from jaxdiff.models import DiT, load_pretrained
+from jaxdiff.models import DiT, load_openai_unet, load_pretrained
 from jaxdiff.models.autoencoder_kl import AutoencoderKL
 from jaxdiff.models.diffusers_unet import DiffusersUNet2D
 from jaxdiff.models.pretrained import (CONVERSION_COMMAND, WEIGHTS_FILE, PretrainedError,
                                        read_safetensors)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pretrained")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from fixture_weights import draw_weights  # noqa: E402  (NumPy only, shared with the script)
 # Tolerance: 1e-4 of the output's largest magnitude (float32, different summation orders);
 # the deviations measured are about 1e-6 of it (README, "Pretrained weights").
 RELATIVE = 1e-4
@@ -74,6 +77,29 @@ def test_imported_unet_drives_a_sampler():
     prev = abar[steps[i + 1]] if i + 1 < len(steps) else 1.0
     x = jnp.asarray(np.sqrt(prev) * x0 + np.sqrt(1 - prev) * eps, jnp.float32)
   np.testing.assert_allclose(got, x, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", ["openai_guided", "openai_improved"])
+def test_openai_unets_match_pytorch(name, tmp_path):
+  """guided-diffusion's U-Net (new attention order, residual resampling, labels) and
+  improved-diffusion's layout (legacy order, convolutional resampling), with flags given
+  as in their READMEs."""
+  with open(os.path.join(FIXTURES, name, "spec.json")) as f:
+    spec = json.load(f)
+  path = str(tmp_path / "model.safetensors")
+  save_file(draw_weights(spec["seed"], spec["tensors"]), path)
+  flags = " ".join(f"--{k} {v}" for k, v in spec["flags"].items())
+  module, variables = load_openai_unet(path, flags)
+  io = read_safetensors(os.path.join(FIXTURES, name, "io.safetensors"))
+  out = module.apply(variables, io["x"], jnp.asarray(io["t"], jnp.int32), _labels(io))
+  _assert_matches(out, io["out"])
+
+
+def test_openai_bad_input(tmp_path):
+  with pytest.raises(PretrainedError, match="never unpickles"):
+    load_openai_unet(tmp_path / "model.pt", "--image_size 64")
+  with pytest.raises(PretrainedError, match=r"unknown OpenAI U-Net flag\(s\) \['num_chanels'\]"):
+    load_openai_unet(tmp_path / "model.safetensors", "--num_chanels 64")
 
 
 # --- safety and bad input ---------------------------------------------------------------------

@@ -4,6 +4,7 @@ from jaxdiff.models.attention import AttentionBlock
 from jaxdiff.models.dit import DiT, DiTBlock
 from jaxdiff.models.embeddings import sinusoidal_embedding
 from jaxdiff.models.nnx_adapter import nnx_model_fn
+from jaxdiff.models.openai_unet import load_openai_unet
 from jaxdiff.models.presets import DIT_PRESETS, PRESETS
 from jaxdiff.models.pretrained import load_pretrained
 from jaxdiff.models.resample import Downsample, Upsample
@@ -20,6 +21,7 @@ __all__ = [
     "ResBlock",
     "UNet",
     "Upsample",
+    "load_openai_unet",
     "load_pretrained",
     "nnx_model_fn",
     "sinusoidal_embedding",

@@ -128,7 +128,9 @@ class Resampler(nn.Module):
 
 
 class MidBlock2D(nn.Module):
-  """diffusers' ``UNetMidBlock2D``: resnet, (attention, resnet)."""
+  """diffusers' ``UNetMidBlock2D``: resnet, (attention, resnet). Attention has
+  ``channels // attention_head_dim`` heads, or ``attention_heads`` when set (OpenAI's
+  fixed ``num_heads``)."""
 
   groups: int
   eps: float
@@ -138,16 +140,17 @@ class MidBlock2D(nn.Module):
   add_attention: bool
   attention_head_dim: int | None
   attention_groups: int | None
+  attention_heads: int | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array | None) -> jax.Array:
     channels = x.shape[-1]
+    heads = self.attention_heads or channels // (self.attention_head_dim or channels)
     resnet = functools.partial(ResnetBlock2D, channels, self.groups, self.eps, self.act_fn,
                                self.time_embedding_norm, self.output_scale_factor)
     x = resnet(name="resnets_0")(x, temb)
     if self.add_attention:
-      x = SpatialAttention(channels // (self.attention_head_dim or channels),
-                           self.attention_groups, self.eps, self.output_scale_factor,
+      x = SpatialAttention(heads, self.attention_groups, self.eps, self.output_scale_factor,
                            name="attentions_0")(x)
     return resnet(name="resnets_1")(x, temb)
 
@@ -173,6 +176,7 @@ class UNetBlock(nn.Module):
   act_fn: str = "silu"
   time_embedding_norm: str = "default"
   attention_head_dim: int | None = None
+  attention_heads: int | None = None
   downsample_padding: int = 1
   resampler: str = "conv"
 
@@ -188,7 +192,8 @@ class UNetBlock(nn.Module):
         x = jnp.concatenate([x, skips.pop()], axis=-1)
       x = ResnetBlock2D(self.out_channels, name=f"resnets_{i}", **resnet_kw)(x, temb)
       if self.block_type in _ATTENTION_BLOCKS:
-        heads = self.out_channels // (self.attention_head_dim or self.out_channels)
+        heads = self.attention_heads or self.out_channels // (
+            self.attention_head_dim or self.out_channels)
         x = SpatialAttention(heads, self.groups, self.eps, name=f"attentions_{i}")(x)
       states.append(x)
     if self.resample:

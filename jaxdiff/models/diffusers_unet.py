@@ -34,6 +34,8 @@ class DiffusersUNet2D(nn.Module):
   Built by ``jaxdiff.models.load_pretrained``; ``apply(variables, x, t, y)`` takes NHWC
   float32 ``x``, timesteps ``t`` (``[B]`` or a scalar) and, for class-conditional
   models, labels ``y [B]``, and returns what the PyTorch model returns, in NHWC.
+  ``attention_heads`` (not a diffusers key) fixes the number of heads of every attention
+  layer instead, as OpenAI's U-Net does with ``num_heads`` (see ``openai_unet``).
   """
 
   out_channels: int = 3
@@ -60,6 +62,7 @@ class DiffusersUNet2D(nn.Module):
   resnet_time_scale_shift: str = "default"
   add_attention: bool = True
   num_class_embeds: int | None = None
+  attention_heads: int | None = None
 
   def _embedding(self, t: jax.Array, y: jax.Array | None, batch: int) -> jax.Array:
     """The timestep (and class) embedding ``[B, time_embed_dim]``."""
@@ -92,7 +95,8 @@ class DiffusersUNet2D(nn.Module):
     emb = self._embedding(t, y, x.shape[0])
     block_kw = dict(groups=self.norm_num_groups, eps=self.norm_eps, act_fn=self.act_fn,
                     time_embedding_norm=self.resnet_time_scale_shift,
-                    attention_head_dim=self.attention_head_dim)
+                    attention_head_dim=self.attention_head_dim,
+                    attention_heads=self.attention_heads)
     h = conv(self.block_out_channels[0], name="conv_in")(x)
     skips = [h]
     last = len(self.block_out_channels) - 1
@@ -110,7 +114,7 @@ class DiffusersUNet2D(nn.Module):
       h = MidBlock2D(self.norm_num_groups, self.norm_eps, self.act_fn,
                      self.resnet_time_scale_shift, self.mid_block_scale_factor,
                      self.add_attention, self.attention_head_dim, attention_groups,
-                     name="mid_block")(h, emb)
+                     self.attention_heads, name="mid_block")(h, emb)
     num_layers = self.layers_per_block + 1
     for i, (block_type, channels) in enumerate(zip(self.up_block_types,
                                                    self.block_out_channels[::-1])):

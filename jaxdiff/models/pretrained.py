@@ -47,7 +47,7 @@ UNET2D_DEFAULTS: dict[str, Any] = dict(
     downsample_padding=1, downsample_type="conv", upsample_type="conv", act_fn="silu",
     attention_head_dim=8, norm_num_groups=32, attn_norm_num_groups=None, norm_eps=1e-5,
     resnet_time_scale_shift="default", add_attention=True, class_embed_type=None,
-    num_class_embeds=None)
+    num_class_embeds=None, attention_heads=None)
 AUTOENCODER_KL_DEFAULTS: dict[str, Any] = dict(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
     up_block_types=("UpDecoderBlock2D",), block_out_channels=(64,), layers_per_block=1,
