@@ -197,6 +197,29 @@ def openai_case(name: str, flags: dict, seed: int) -> None:
   print(name, sum(p.numel() for p in model.parameters()), "parameters (drawn, not stored)")
 
 
+SCHEDULERS = {
+    "linear": dict(beta_schedule="linear", num_train_timesteps=1000),
+    "linear_500": dict(beta_schedule="linear", num_train_timesteps=500, beta_start=2e-4,
+                       beta_end=0.03),
+    "scaled_linear": dict(beta_schedule="scaled_linear", num_train_timesteps=1000,
+                          beta_start=0.00085, beta_end=0.012),
+    "squaredcos_cap_v2": dict(beta_schedule="squaredcos_cap_v2", num_train_timesteps=1000),
+    "sigmoid": dict(beta_schedule="sigmoid", num_train_timesteps=200),
+}
+
+
+def scheduler_cases() -> None:
+  """diffusers' DDPMScheduler betas for each beta_schedule (schedulers.json: the configs)."""
+  betas, configs = {}, {}
+  for name, kw in SCHEDULERS.items():
+    scheduler = diffusers.DDPMScheduler(**kw)
+    configs[name] = {"_class_name": "DDPMScheduler", **kw}
+    betas[name] = scheduler.betas.float().contiguous()
+  with open(os.path.join(OUT, "schedulers.json"), "w") as f:
+    json.dump(configs, f, indent=2)
+  safetensors.torch.save_file(betas, os.path.join(OUT, "schedulers.safetensors"))
+
+
 if __name__ == "__main__":
   torch.set_grad_enabled(False)
   unet_case("unet_ddpm_legacy", DDPM_LEGACY, 0, legacy=True)
@@ -206,3 +229,4 @@ if __name__ == "__main__":
   dit_case("dit", DIT, 4)
   openai_case("openai_guided", OPENAI_GUIDED, 5)
   openai_case("openai_improved", OPENAI_IMPROVED, 6)
+  scheduler_cases()

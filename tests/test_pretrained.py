@@ -18,7 +18,8 @@ from jaxdiff.models import DiT, load_openai_unet, load_pretrained
 from jaxdiff.models.autoencoder_kl import AutoencoderKL
 from jaxdiff.models.diffusers_unet import DiffusersUNet2D
 from jaxdiff.models.pretrained import (CONVERSION_COMMAND, WEIGHTS_FILE, PretrainedError,
-                                       read_safetensors)
+                                       find_scheduler_config, read_safetensors,
+                                       schedule_from_scheduler_config)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pretrained")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -194,3 +195,35 @@ def test_missing_files(tmp_path):
   shutil.copy(os.path.join(FIXTURES, "dit", "config.json"), tmp_path)
   with pytest.raises(PretrainedError, match=f"no {WEIGHTS_FILE}"):
     load_pretrained(tmp_path)
+
+
+# --- scheduler configs ------------------------------------------------------------------------
+
+def test_scheduler_configs_match_diffusers_betas():
+  with open(os.path.join(FIXTURES, "schedulers.json")) as f:
+    configs = json.load(f)
+  betas = read_safetensors(os.path.join(FIXTURES, "schedulers.safetensors"))
+  assert set(configs) == {"linear", "linear_500", "scaled_linear", "squaredcos_cap_v2",
+                          "sigmoid"}
+  for name, config in configs.items():
+    schedule, options = schedule_from_scheduler_config(config)
+    np.testing.assert_allclose(schedule.betas, betas[name], rtol=1e-6, err_msg=name)
+    assert options == {"prediction": "eps", "variance": "fixed_small", "clip_denoised": True}
+  _, options = schedule_from_scheduler_config(
+      {"prediction_type": "v_prediction", "variance_type": "learned_range",
+       "clip_sample": False})
+  assert options == {"prediction": "v", "variance": "learned_range", "clip_denoised": False}
+  with pytest.raises(PretrainedError, match="beta_schedule='exp'"):
+    schedule_from_scheduler_config({"beta_schedule": "exp"})
+
+
+def test_find_scheduler_config(tmp_path):
+  model = tmp_path / "pipeline" / "unet"
+  model.mkdir(parents=True)
+  assert find_scheduler_config(model) is None
+  (tmp_path / "pipeline" / "scheduler").mkdir()
+  (tmp_path / "pipeline" / "scheduler" / "scheduler_config.json").write_text("{}")
+  assert find_scheduler_config(model) == str(tmp_path / "pipeline" / "scheduler" /
+                                             "scheduler_config.json")
+  (model / "scheduler_config.json").write_text("{}")
+  assert find_scheduler_config(model) == str(model / "scheduler_config.json")
