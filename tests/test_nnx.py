@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from compile_counter import count_compiles
 from jaxdiff import losses, samplers, schedules
 from jaxdiff.models import nnx_model_fn
 
@@ -23,21 +24,6 @@ class Denoiser(nnx.Module):
     return self.out(jnp.tanh(self.hidden(x) + self.time(t[:, None] / T)))
 
 
-def _count_compiles(fn):
-  compiles = []
-
-  def listener(event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      compiles.append(duration)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    result = jax.block_until_ready(fn())
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  return len(compiles), result
-
-
 def test_new_parameters_reuse_the_compiled_sampler():
   schedule = schedules.make_schedule("linear", T)
   model = Denoiser(nnx.Rngs(0))
@@ -48,11 +34,11 @@ def test_new_parameters_reuse_the_compiled_sampler():
   first = run(nnx_model_fn(model))
   # A training update changes the parameters; the new model_fn hits the compiled chain.
   model.out.kernel[...] = model.out.kernel[...] + 0.5
-  compiles, second = _count_compiles(lambda: run(nnx_model_fn(model)))
+  compiles, second = count_compiles(lambda: run(nnx_model_fn(model)))
   assert compiles == 0
   assert not np.allclose(first, second, atol=1e-3)
   # The same chain through the module called directly (a fresh closure: it compiles).
-  compiles, direct = _count_compiles(lambda: run(lambda x, t: model(x, t)))
+  compiles, direct = count_compiles(lambda: run(lambda x, t: model(x, t)))
   assert compiles >= 1
   np.testing.assert_allclose(second, direct, atol=1e-6)
 
@@ -73,7 +59,7 @@ def test_loss_and_gradient_through_the_state():
     return value, jax.tree.map(lambda p, g: p - 0.1 * g, model_fn, grads)
 
   value, model_fn = step(model_fn, jax.random.PRNGKey(3))
-  compiles, (second_value, model_fn) = _count_compiles(lambda: step(model_fn,
+  compiles, (second_value, model_fn) = count_compiles(lambda: step(model_fn,
                                                                     jax.random.PRNGKey(3)))
   assert compiles == 0
   assert second_value < value  # the same noise draw: one gradient step lowers the loss

@@ -12,18 +12,34 @@ from jaxdiff.models.diffusers_blocks import (ACTIVATIONS, MidBlock2D, UNetBlock,
 _EPS = 1e-6  # diffusers' Encoder and Decoder fix every norm's epsilon here.
 
 
-class Encoder(nn.Module):
-  """``conv_in``, down blocks (``DownEncoderBlock2D``), the middle block (resnet,
-  single-head attention, resnet), GroupNorm, activation and ``conv_out`` to
-  ``2 * latent_channels`` (mean and log-variance)."""
+class _Coder(nn.Module):
+  """The fields and layers that diffusers' VAE Encoder and Decoder share."""
 
-  latent_channels: int
-  down_block_types: Sequence[str]
   block_out_channels: Sequence[int]
   layers_per_block: int
   act_fn: str
   norm_num_groups: int
   mid_block_add_attention: bool
+
+  def _mid_block(self, h: jax.Array) -> jax.Array:
+    """resnet, single-head attention, resnet (UNetMidBlock2D without time embedding)."""
+    return MidBlock2D(self.norm_num_groups, _EPS, self.act_fn, "default", 1.0,
+                      self.mid_block_add_attention, None, self.norm_num_groups,
+                      name="mid_block")(h, None)
+
+  def _output(self, h: jax.Array, features: int) -> jax.Array:
+    """GroupNorm, activation, ``conv_out``."""
+    h = ACTIVATIONS[self.act_fn](group_norm(h, groups=self.norm_num_groups, eps=_EPS,
+                                            name="conv_norm_out"))
+    return conv(features, name="conv_out")(h)
+
+
+class Encoder(_Coder):
+  """``conv_in``, down blocks (``DownEncoderBlock2D``), the middle block, GroupNorm,
+  activation and ``conv_out`` to ``2 * latent_channels`` (mean and log-variance)."""
+
+  latent_channels: int = 4
+  down_block_types: Sequence[str] = ("DownEncoderBlock2D",)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -34,40 +50,25 @@ class Encoder(nn.Module):
       h, _ = UNetBlock(block_type, channels, self.layers_per_block, i != last,
                        self.norm_num_groups, _EPS, self.act_fn, downsample_padding=0,
                        name=f"down_blocks_{i}")(h, None)
-    h = MidBlock2D(self.norm_num_groups, _EPS, self.act_fn, "default", 1.0,
-                   self.mid_block_add_attention, None, self.norm_num_groups,
-                   name="mid_block")(h, None)
-    h = ACTIVATIONS[self.act_fn](group_norm(h, groups=self.norm_num_groups, eps=_EPS,
-                                            name="conv_norm_out"))
-    return conv(2 * self.latent_channels, name="conv_out")(h)
+    return self._output(self._mid_block(h), 2 * self.latent_channels)
 
 
-class Decoder(nn.Module):
+class Decoder(_Coder):
   """``conv_in``, the middle block, up blocks (``UpDecoderBlock2D``, ``layers_per_block
   + 1`` resnets), GroupNorm, activation and ``conv_out``."""
 
-  out_channels: int
-  up_block_types: Sequence[str]
-  block_out_channels: Sequence[int]
-  layers_per_block: int
-  act_fn: str
-  norm_num_groups: int
-  mid_block_add_attention: bool
+  out_channels: int = 3
+  up_block_types: Sequence[str] = ("UpDecoderBlock2D",)
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    h = conv(self.block_out_channels[-1], name="conv_in")(z)
-    h = MidBlock2D(self.norm_num_groups, _EPS, self.act_fn, "default", 1.0,
-                   self.mid_block_add_attention, None, self.norm_num_groups,
-                   name="mid_block")(h, None)
+    h = self._mid_block(conv(self.block_out_channels[-1], name="conv_in")(z))
     last = len(self.block_out_channels) - 1
     for i, (block_type, channels) in enumerate(zip(self.up_block_types,
                                                    self.block_out_channels[::-1])):
       h, _ = UNetBlock(block_type, channels, self.layers_per_block + 1, i != last,
                        self.norm_num_groups, _EPS, self.act_fn, name=f"up_blocks_{i}")(h, None)
-    h = ACTIVATIONS[self.act_fn](group_norm(h, groups=self.norm_num_groups, eps=_EPS,
-                                            name="conv_norm_out"))
-    return conv(self.out_channels, name="conv_out")(h)
+    return self._output(h, self.out_channels)
 
 
 class AutoencoderKL(nn.Module):
@@ -100,8 +101,10 @@ class AutoencoderKL(nn.Module):
                   layers_per_block=self.layers_per_block, act_fn=self.act_fn,
                   norm_num_groups=self.norm_num_groups,
                   mid_block_add_attention=self.mid_block_add_attention)
-    self.encoder = Encoder(self.latent_channels, self.down_block_types, **common)
-    self.decoder = Decoder(self.out_channels, self.up_block_types, **common)
+    self.encoder = Encoder(latent_channels=self.latent_channels,
+                           down_block_types=self.down_block_types, **common)
+    self.decoder = Decoder(out_channels=self.out_channels, up_block_types=self.up_block_types,
+                           **common)
     if self.use_quant_conv:
       self.quant_conv = conv(2 * self.latent_channels, kernel=1, padding=0, name=None)
     if self.use_post_quant_conv:

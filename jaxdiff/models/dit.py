@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from jaxdiff.models.attention import self_attention
+from jaxdiff.models.checks import check_times_and_labels, compute_dtype
 from jaxdiff.models.embeddings import sincos_position_embedding_2d, sinusoidal_embedding
 
 # DiT's initialization (its `initialize_weights`): Xavier-uniform linear layers, N(0, 0.02)
@@ -138,25 +139,14 @@ class DiT(nn.Module):
                        f"num_heads={self.num_heads}")
     if self.num_classes is not None and self.num_classes < 1:
       raise ValueError(f"num_classes must be None or >= 1, got {self.num_classes}")
-    try:
-      dtype = jnp.dtype(self.dtype)
-    except TypeError as e:
-      raise ValueError(f"dtype must name a float dtype, got {self.dtype!r}") from e
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise ValueError(f"dtype must be a floating dtype, got {self.dtype!r}")
+    dtype = compute_dtype(self.dtype)
     if x.ndim != 4:
       raise ValueError(f"x must be NHWC [B, H, W, C], got shape {x.shape}")
     batch, height, width, _ = x.shape
     if height % self.patch_size or width % self.patch_size:
       raise ValueError(f"input size {height}x{width} is not a multiple of patch_size="
                        f"{self.patch_size}")
-    if jnp.shape(t) != (batch,):
-      raise ValueError(f"t must have shape [B] = ({batch},), got {jnp.shape(t)}")
-    if y is not None:
-      if self.num_classes is None:
-        raise ValueError("y was given but the model has num_classes=None")
-      if jnp.shape(y) != (batch,):
-        raise ValueError(f"y must have shape [B] = ({batch},), got {jnp.shape(y)}")
+    check_times_and_labels(t, y, batch=batch, num_classes=self.num_classes)
     return dtype
 
   def _conditioning(self, t: jax.Array, y: jax.Array | None, batch: int) -> jax.Array:
@@ -173,21 +163,11 @@ class DiT(nn.Module):
     return c
 
   @nn.compact
-  def __call__(
-      self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, *, train: bool = False
-  ) -> jax.Array:
-    """Predicts the model output for noisy images.
-
-    Args:
-      x: noisy images ``[B, H, W, C]``.
-      t: timesteps ``[B]`` (int or float, as for ``UNet``).
-      y: int labels ``[B]`` in ``[0, num_classes]`` (``num_classes`` is the null
-        label), or ``None``: the null label when ``num_classes`` is set.
-      train: accepted for the common model signature; DiT has no dropout.
-
-    Returns:
-      float32 ``[B, H, W, out]``, ``out = (out_channels or C) * (2 if learn_sigma else 1)``.
-    """
+  def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, *,
+               train: bool = False) -> jax.Array:
+    """``UNet.__call__``'s contract: NHWC ``x``, timesteps ``t [B]``, labels ``y [B]`` or
+    None (the null label), to float32 ``[B, H, W, out]``. ``train`` is accepted for that
+    common signature; DiT has no dropout."""
     del train
     dtype = self._validate(x, t, y)
     batch, height, width, channels = x.shape
