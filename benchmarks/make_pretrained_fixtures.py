@@ -4,6 +4,11 @@ Runs in the PyTorch peer environment (benchmarks/setup_peer_env.sh: torch + diff
 safetensors), never in jaxdiff's:
 
     benchmarks/.venv-peer/bin/python benchmarks/make_pretrained_fixtures.py [OUT_DIR]
+    benchmarks/.venv-peer/bin/python benchmarks/make_pretrained_fixtures.py --full DIR
+
+`--full DIR` writes full-size models instead (the published checkpoints' configurations,
+hundreds of MB, not for the repository); `JAXDIFF_PARITY_DIR=DIR pytest
+tests/test_pretrained.py -k full` checks them.
 
 (`pip install guided-diffusion-sdk` there too: OpenAI's guided-diffusion U-Net.) For each
 diffusers case it builds a small model with random weights (every parameter drawn
@@ -27,7 +32,8 @@ import torch
 
 from fixture_weights import draw_weights
 
-OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+FULL = sys.argv[1:2] == ["--full"]
+OUT = sys.argv[-1] if len(sys.argv) > 1 else os.path.join(
     os.path.dirname(__file__), "..", "tests", "fixtures", "pretrained")
 
 # A small google/ddpm-cifar10-32 (same keys as its config.json, diffusers 0.0.4).
@@ -197,6 +203,30 @@ def openai_case(name: str, flags: dict, seed: int) -> None:
   print(name, sum(p.numel() for p in model.parameters()), "parameters (drawn, not stored)")
 
 
+# Full-size configurations: google/ddpm-cifar10-32 (its config.json), the
+# google/ddpm-celebahq-256 layout (at 64x64), the consistency-model ImageNet-64 U-Net
+# (ADM), the Stable Diffusion VAE, and a DiT-S/2-wide transformer of 4 blocks.
+FULL_CIFAR = dict(DDPM_LEGACY, block_out_channels=[128, 256, 256, 256],
+                  down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+                  up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+                  norm_num_groups=32, sample_size=32)
+FULL_CELEBA = dict(FULL_CIFAR, block_out_channels=[128, 128, 256, 256, 512, 512],
+                   down_block_types=["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+                   up_block_types=["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4,
+                   sample_size=64)
+FULL_CD64 = dict(
+    sample_size=64, in_channels=3, out_channels=6, layers_per_block=3, num_class_embeds=1000,
+    block_out_channels=[192, 384, 576, 768], attention_head_dim=64,
+    down_block_types=["ResnetDownsampleBlock2D"] + ["AttnDownBlock2D"] * 3,
+    up_block_types=["AttnUpBlock2D"] * 3 + ["ResnetUpsampleBlock2D"],
+    resnet_time_scale_shift="scale_shift", upsample_type="resnet", downsample_type="resnet")
+FULL_SD_VAE = dict(VAE_LEGACY, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+                   norm_num_groups=32, sample_size=512,
+                   down_block_types=["DownEncoderBlock2D"] * 4,
+                   up_block_types=["UpDecoderBlock2D"] * 4)
+FULL_DIT = dict(num_attention_heads=6, attention_head_dim=64, in_channels=4, out_channels=8,
+                num_layers=4, sample_size=32, patch_size=2, num_embeds_ada_norm=1000)
+
 SCHEDULERS = {
     "linear": dict(beta_schedule="linear", num_train_timesteps=1000),
     "linear_500": dict(beta_schedule="linear", num_train_timesteps=500, beta_start=2e-4,
@@ -222,6 +252,13 @@ def scheduler_cases() -> None:
 
 if __name__ == "__main__":
   torch.set_grad_enabled(False)
+  if FULL:
+    unet_case("ddpm_cifar10", FULL_CIFAR, 10, legacy=True)
+    unet_case("ddpm_celebahq_layout", FULL_CELEBA, 11, legacy=True)
+    unet_case("cd_imagenet64", FULL_CD64, 12)
+    vae_case("sd_vae", FULL_SD_VAE, 13)
+    dit_case("dit_s2_4blocks", FULL_DIT, 14)
+    sys.exit(0)
   unet_case("unet_ddpm_legacy", DDPM_LEGACY, 0, legacy=True)
   unet_case("unet_adm", ADM, 1)
   unet_case("unet_variants", VARIANTS, 2)

@@ -49,15 +49,36 @@ def test_denoisers_match_pytorch(name, cls):
   _assert_matches(out, io["out"])
 
 
-def test_autoencoder_matches_pytorch():
-  module, variables = load_pretrained(os.path.join(FIXTURES, "vae_legacy"))
+def _check_autoencoder(folder):
+  module, variables = load_pretrained(folder)
   assert isinstance(module, AutoencoderKL)
-  io = read_safetensors(os.path.join(FIXTURES, "vae_legacy", "io.safetensors"))
+  io = read_safetensors(os.path.join(folder, "io.safetensors"))
   mean, logvar = module.apply(variables, io["x"], method=module.encode)
   _assert_matches(mean, io["mean"])
   _assert_matches(logvar, io["logvar"])
   _assert_matches(module.apply(variables, io["z"], method=module.decode), io["decoded"])
   _assert_matches(module.apply(variables, io["x"]), io["out"])
+
+
+def test_autoencoder_matches_pytorch():
+  _check_autoencoder(os.path.join(FIXTURES, "vae_legacy"))
+
+
+@pytest.mark.skipif(not os.environ.get("JAXDIFF_PARITY_DIR"),
+                    reason="set JAXDIFF_PARITY_DIR to the folder written by "
+                           "make_pretrained_fixtures.py --full")
+def test_full_size_models_match_pytorch():
+  """The published checkpoints' configurations, full size (not in the repository)."""
+  root = os.environ["JAXDIFF_PARITY_DIR"]
+  for name in sorted(os.listdir(root)):
+    folder = os.path.join(root, name)
+    io = read_safetensors(os.path.join(folder, "io.safetensors"))
+    if "z" in io:
+      _check_autoencoder(folder)
+      continue
+    module, variables = load_pretrained(folder)
+    out = module.apply(variables, io["x"], jnp.asarray(io["t"], jnp.int32), _labels(io))
+    _assert_matches(out, io["out"])
 
 
 def test_imported_unet_drives_a_sampler():
