@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import safe_open
 
 from jaxdiff import schedules
 from jaxdiff.models import diffusers_blocks
@@ -82,7 +83,6 @@ def refuse_pickle(path: str | os.PathLike) -> None:
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Every tensor of a safetensors file, as float32 NumPy arrays (any float dtype)."""
-  from safetensors import safe_open  # noqa: PLC0415  (a dependency of this module only)
   refuse_pickle(path)
   with safe_open(os.fspath(path), framework="flax") as f:
     return {key: np.asarray(f.get_tensor(key), np.float32) for key in f.keys()}
@@ -108,9 +108,10 @@ def _require(value: Any, allowed: tuple, key: str, what: str) -> None:
 
 
 def _check_block_types(values: dict, key: str, allowed: tuple, what: str) -> None:
+  """Strips diffusers' optional "UNetRes" prefix from `values[key]`; each must be allowed."""
+  values[key] = tuple(block.removeprefix("UNetRes") for block in values[key])
   for i, block in enumerate(values[key]):
-    name = block[len("UNetRes"):] if block.startswith("UNetRes") else block
-    if name not in allowed:
+    if block not in allowed:
       raise PretrainedError(f"config.json of {what}: {key}[{i}]={block!r} is not a supported "
                             f"block type; supported: {allowed}")
 
@@ -130,9 +131,6 @@ def unet2d_module(config: Mapping[str, Any]) -> tuple[nn.Module, tuple]:
   _check_block_types(values, "down_block_types", diffusers_blocks.DOWN_BLOCKS[:3], what)
   _check_block_types(values, "up_block_types", diffusers_blocks.UP_BLOCKS[:3], what)
   in_channels = values.pop("in_channels")
-  values["down_block_types"] = tuple(b.removeprefix("UNetRes")
-                                     for b in values["down_block_types"])
-  values["up_block_types"] = tuple(b.removeprefix("UNetRes") for b in values["up_block_types"])
   levels = len(values["block_out_channels"])
   if not len(values["down_block_types"]) == len(values["up_block_types"]) == levels:
     raise PretrainedError(f"config.json of {what}: down_block_types, up_block_types and "
