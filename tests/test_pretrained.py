@@ -17,9 +17,10 @@ from jaxdiff import samplers, schedules
 from jaxdiff.models import DiT, load_openai_unet, load_pretrained
 from jaxdiff.models.autoencoder_kl import AutoencoderKL
 from jaxdiff.models.diffusers_unet import DiffusersUNet2D
+from jaxdiff.models.diffusers_scheduler import (find_scheduler_config,
+                                                schedule_from_scheduler_config)
 from jaxdiff.models.pretrained import (CONVERSION_COMMAND, WEIGHTS_FILE, PretrainedError,
-                                       find_scheduler_config, read_safetensors,
-                                       schedule_from_scheduler_config)
+                                       read_safetensors)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pretrained")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
