@@ -10,7 +10,7 @@ safetensors), never in jaxdiff's:
 hundreds of MB, not for the repository); `JAXDIFF_PARITY_DIR=DIR pytest
 tests/test_pretrained.py -k full` checks them.
 
-(`pip install guided-diffusion-sdk` there too: OpenAI's guided-diffusion U-Net.) For each
+(which also installs guided-diffusion-sdk, OpenAI's guided-diffusion U-Net). For each
 diffusers case it builds a small model with random weights (every parameter drawn
 afresh, so no layer is zero), saves it as a model folder (config.json +
 diffusion_pytorch_model.safetensors, in float16; the "legacy" cases with the attention names and the
