@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from compile_counter import count_compiles
 from jaxdiff import samplers, schedules, testing
 
 T = 1000
@@ -187,18 +188,7 @@ def test_dynamic_thresholding_in_sampler(schedule):
 
 
 def _count_compiles(fn):
-  compiles = []
-
-  def listener(event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      compiles.append(duration)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    jax.block_until_ready(fn())
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  return len(compiles)
+  return count_compiles(fn)[0]
 
 
 def _eps_apply(params, x, t):

@@ -18,6 +18,7 @@ from jaxdiff import sde as sde_lib
 from jaxdiff import sde_samplers as ss
 from jaxdiff.schedules import make_schedule
 from jaxdiff import testing
+from compile_counter import count_compiles
 from tests import analytic_sde
 
 MEAN = np.array([1.0, -0.5])
@@ -302,7 +303,6 @@ def test_new_score_parameters_compile_nothing():
   # Before the unified runner each SDE sampler took score_fn as a static jit argument: three
   # parameter sets compiled dpm_solver_pp_2m three times. Now a jax.tree_util.Partial's
   # arrays are traced, for the adaptive ODE solve too.
-  from tests.test_unified_samplers import _count_compiles
   sde = sde_lib.VPSDE(N=50)
   runs = {
       "pc": lambda f: ss.pc_sampler(f, sde, jax.random.PRNGKey(0), (4, 2)),
@@ -314,4 +314,4 @@ def test_new_score_parameters_compile_nothing():
   for name, run in runs.items():
     score = lambda m: jax.tree_util.Partial(_linear_score, {"m": jnp.full((2,), m)})
     jax.block_until_ready(run(score(0.0)))
-    assert _count_compiles(lambda: run(score(1.0))) == 0, name
+    assert count_compiles(lambda: run(score(1.0)))[0] == 0, name

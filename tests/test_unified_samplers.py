@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from compile_counter import count_compiles
 from jaxdiff import denoisers, processes, samplers, schedules, testing
 from jaxdiff import sde as sde_lib
 from jaxdiff.samplers import runner
@@ -215,21 +216,6 @@ def test_repaint_resampling_with_a_markov_sampler():
 # --- compilation, jit inside, input errors ------------------------------------------
 
 
-def _count_compiles(fn):
-  compiles = []
-
-  def listener(event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      compiles.append(duration)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    jax.block_until_ready(fn())
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  return len(compiles)
-
-
 def _apply(params, x, t):
   """A "network" eps = tanh(x W + b t / T) whose params are traced arguments."""
   return jnp.tanh(x @ params["w"] + params["b"] * jnp.asarray(t, x.dtype)[:, None] / 1000.0)
@@ -250,7 +236,7 @@ def test_new_parameters_compile_nothing_and_the_sampler_runs_inside_jit(sampler)
     return samplers.sample(den, jax.random.PRNGKey(seed), (4, 2), **kw)
 
   first = run(0)
-  assert _count_compiles(lambda: run(1)) == 0
+  assert count_compiles(lambda: run(1))[0] == 0
   inside = jax.jit(lambda params, key, sched: samplers.sample(
       denoisers.make_denoiser(jax.tree_util.Partial(_apply, params), sched), key, (4, 2), **kw))
   np.testing.assert_allclose(inside(_params(0), jax.random.PRNGKey(0), schedule), first,
