@@ -106,8 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raise cli.CliError(f"--sampler {config.sample.sampler!r} does not exist here; choose one of "
                    f"{', '.join(sampling.GRID_SAMPLERS)}")
   try:
-    sampling.check_fits(config.sample.sampler, config.diffusion,
-                                 num_steps=config.sample.num_steps)
+    sampling.check_fits(config.sample.sampler, config, num_steps=config.sample.num_steps)
   except ValueError as e:
     raise cli.CliError(f"--sampler {config.sample.sampler}: {e}") from None
   if "bpd" in args.metrics and config.diffusion.objective != "ddpm":
@@ -123,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       def progress(done: int, total: int) -> None:
         bar.total = total
         bar.update(done - bar.n)
-      bpd = metrics.evaluate_bpd(config, model, params, jax.random.fold_in(rng, 0),
+      bpd = metrics.evaluate_bpd(config, model, params, jax.random.fold_in(rng, 1),
                                  split=args.bpd_split, max_examples=args.bpd_examples,
                                  batch_size=args.bpd_batch_size, mesh=mesh,
                                  on_batch=progress)
@@ -133,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.samples is not None:
       samples = _load_samples(args.samples, builders.image_shape(config))
     else:
-      samples = metrics.generate_samples(config, model, params, jax.random.fold_in(rng, 1),
+      samples = metrics.generate_samples(config, model, params, rng,
                                          num_samples=args.num_samples,
                                          batch_size=min(args.batch_size, args.num_samples),
                                          mesh=mesh)

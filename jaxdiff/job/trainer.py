@@ -25,7 +25,6 @@ import ml_collections
 import numpy as np
 import tqdm
 from etils import epath
-from jax.experimental import multihost_utils
 
 from jaxdiff import data, images, parallel
 from jaxdiff.config import builders, objectives, validation
@@ -70,9 +69,10 @@ def _check_labels(config: ml_collections.ConfigDict, source: data.ImageSource) -
 def _save_samples(config: ml_collections.ConfigDict, model, state: training.TrainState,
                   rng: jax.Array, *, step: int, workdir: epath.Path,
                   sharding: jax.sharding.Sharding, writer: MetricWriter) -> None:
-  samples = generation.sample_images(config, model, state.ema_params,
-                                   jax.random.fold_in(rng, step), sharding=sharding)
-  samples = multihost_utils.process_allgather(samples, tiled=True)
+  samples = generation.sample_batches(config, model, state.ema_params,
+                                      jax.random.fold_in(rng, step),
+                                      generation.request_from_config(config),
+                                      mesh=sharding.mesh)
   if jax.process_index() == 0:
     grid = images.save_grid(os.fspath(workdir / "samples" / f"step_{step:08d}.png"),
                             images.to_uint8(samples))

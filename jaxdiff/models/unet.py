@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from jaxdiff.models.attention import AttentionBlock, attention_heads
+from jaxdiff.models.checks import check_times_and_labels, compute_dtype
 from jaxdiff.models.embeddings import sinusoidal_embedding
 from jaxdiff.models.initializers import default_init, zero_init
 from jaxdiff.models.normalization import group_norm
@@ -121,12 +122,7 @@ class UNet(nn.Module):
       attention_heads(
           channels, num_heads=self.num_heads, num_head_channels=self.num_head_channels
       )
-    try:
-      dtype = jnp.dtype(self.dtype)
-    except TypeError as e:
-      raise ValueError(f"dtype must name a float dtype, got {self.dtype!r}") from e
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise ValueError(f"dtype must be a floating dtype, got {self.dtype!r}")
+    dtype = compute_dtype(self.dtype)
     if self.attention_implementation not in (None, "xla", "cudnn"):
       raise ValueError(
           "attention_implementation must be None, 'xla' or 'cudnn', got "
@@ -154,13 +150,7 @@ class UNet(nn.Module):
           f"attention_resolutions {unreached} are never reached by a {height}x{width} "
           f"input, whose levels have heights {sizes}"
       )
-    if jnp.shape(t) != (batch,):
-      raise ValueError(f"t must have shape [B] = ({batch},), got {jnp.shape(t)}")
-    if y is not None:
-      if self.num_classes is None:
-        raise ValueError("y was given but the model has num_classes=None")
-      if jnp.shape(y) != (batch,):
-        raise ValueError(f"y must have shape [B] = ({batch},), got {jnp.shape(y)}")
+    check_times_and_labels(t, y, batch=batch, num_classes=self.num_classes)
 
   @nn.compact
   def __call__(
