@@ -322,9 +322,11 @@ def format_group(group: Group, rows: list[dict[str, Any]],
     rate = statistics.median(throughputs(row))
     dt = dtype_of(c.label)
     versus = "-"
-    if c.library == "jaxdiff":
-      versus = " / ".join(ratios(row, peers[f"{mode} {dt}"])
-                          for mode in ("eager", "compile") if f"{mode} {dt}" in peers)
+    modes = [mode for mode in ("eager", "compile") if f"{mode} {dt}" in peers]
+    if c.library == "jaxdiff" and modes:
+      versus = " / ".join(ratios(row, peers[f"{mode} {dt}"]) for mode in modes)
+      if len(modes) == 1:  # Name the one peer there is.
+        versus = f"{modes[0]}: {versus}"
     memory = f"{stats['peak_rss_mb']:.0f}" if stats else "- (cut off)"
     if stats.get("device_peak_mb") is not None:
       memory = f"{stats['device_peak_mb']:.0f} dev"
