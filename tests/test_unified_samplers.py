@@ -17,7 +17,6 @@ import pytest
 from compile_counter import count_compiles
 from jaxdiff import denoisers, processes, samplers, schedules, testing
 from jaxdiff import sde as sde_lib
-from jaxdiff.samplers import runner
 
 MEAN = np.array([0.4, -0.3])
 COV = np.array([[0.25, 0.1], [0.1, 0.15]])
