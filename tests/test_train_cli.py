@@ -89,6 +89,13 @@ def test_straight_run_writes_everything(straight_run):
   assert [m["step"] for m in metrics] == list(range(10, NUM_STEPS + 1, 10))
   assert metrics[-1]["loss"] < 0.7 * metrics[0]["loss"]  # Loss at init is ~1 (eps MSE).
   assert all(np.isfinite(m["grad_norm"]) and m["images_per_sec"] > 0 for m in metrics)
+  # Throughput: images/s = steps/s * batch; TFLOP/s and MFU from the compiled step's FLOPs.
+  flops = [m["tflops"] * 1e12 / m["steps_per_sec"] for m in metrics]
+  np.testing.assert_allclose(flops, flops[0], rtol=1e-6)  # One FLOP count per step.
+  for m in metrics:
+    np.testing.assert_allclose(m["images_per_sec"], 16 * m["steps_per_sec"], rtol=1e-6)
+    assert 0 < m["mfu"] < 1
+  assert "GFLOP per step per device (XLA cost analysis); peak" in out.stdout
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
 
 

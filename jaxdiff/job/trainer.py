@@ -2,27 +2,42 @@
 
 `train(config, workdir=...)` validates the config, builds a ("data",) mesh over every
 device of every process, resumes from the newest readable checkpoint in the workdir (or
-initialises), then runs `jaxdiff.training.train_step` as one jit with explicit shardings.
-It saves every `train.checkpoint_every` steps, at the end and on SIGTERM, stops with
-FloatingPointError on a non-finite loss (the last checkpoint stays as it was), logs
-scalars to TensorBoard/stdout/metrics.jsonl, writes EMA sample grids with the sampler of
-`config.sample` (one that fits `config.diffusion.objective`) and, every `eval.every`
-steps, logs `config.eval`'s metrics of the EMA parameters as eval/NAME. Only process 0
-writes logs and images; every process takes part in checkpointing (Orbax coordinates).
+initialises), then runs the step loop. The loop only dispatches jitted steps
+(`jaxdiff.job.step.accumulating_train_step`, one compiled program with explicit
+shardings): the loss and gradient norm are summed on the device, and the host reads them
+only when a periodic action needs the device. The periodic actions, each with its own
+interval, are the one list of `periodic_actions`:
+
+  log         every `train.log_every` steps and at the end: mean loss and gradient norm,
+              learning rate, steps/s, images/s, TFLOP/s and MFU (`jaxdiff.job.throughput`)
+  checkpoint  every `train.checkpoint_every` steps and at the end
+  preemption  every step, host only: after SIGTERM save and stop
+  samples     every `train.sample_every` steps (0: only at the end): an EMA sample grid
+  evaluation  every `eval.every` steps (0: never): `config.eval`'s metrics as eval/NAME
+
+Before every action that reads the device (so before every save and at every log step)
+the loop checks that no step so far was non-finite; if one was, it raises
+FloatingPointError naming that step, and the last checkpoint stays as it was (a step that
+is not finite leaves the state unchanged, see `jaxdiff.job.step.train_step`). Only process
+0 writes logs and images; every process takes part in checkpointing (Orbax coordinates).
 
 Workdir: config.json, checkpoints/<step>/, samples/step_<step>.png, metrics.jsonl and
 TensorBoard event files.
 """
 
+import dataclasses
 import functools
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 from etils import epath
 from jax.experimental import multihost_utils
@@ -30,10 +45,11 @@ from jax.experimental import multihost_utils
 from jaxdiff import data, images, parallel
 from jaxdiff.config import builders, objectives, validation
 from jaxdiff.job import checkpoints as checkpointing
+from jaxdiff.job import distributed
 from jaxdiff.job import evaluation as eval_metrics
 from jaxdiff.job import generation
-from jaxdiff.job import distributed
 from jaxdiff.job import step as training
+from jaxdiff.job import throughput as throughput_lib
 from jaxdiff.job.writers import MetricWriter
 
 
@@ -58,6 +74,196 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+@dataclasses.dataclass
+class _Run:
+  """A training job as the loop and its periodic actions see it."""
+
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  model: Any
+  mesh: jax.sharding.Mesh
+  shardings: Any                      # Of the TrainState's leaves.
+  state: training.TrainState
+  train_rng: jax.Array
+  checkpointer: checkpointing.Checkpointer
+  writer: MetricWriter
+  learning_rate: optax.Schedule
+  start_step: int
+  sigterm: _SigtermFlag | None = None
+  progress: Any = None
+  step_fn: Callable[..., Any] | None = None  # The compiled step, from the first batch.
+  throughput: throughput_lib.Throughput | None = None
+  sums: training.MetricSums | None = None
+  zero_sums: Callable[[], training.MetricSums] | None = None
+  fetched: training.MetricSums | None = None  # Host copy of `sums` at `checked_step`.
+  checked_step: int = -1
+  interval_start: float = 0.0         # Since the last log (perf_counter seconds) ...
+  excluded: float = 0.0               # ... minus the time spent in periodic actions.
+  preempted: bool = False
+
+  @property
+  def batch_sharding(self) -> jax.sharding.Sharding:
+    return parallel.batch_sharding(self.mesh)
+
+  @property
+  def replicated(self) -> jax.sharding.Sharding:
+    return parallel.replicated(self.mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class PeriodicAction:
+  """An action of the training loop: runs after step `s` when `every` divides `s` (never
+  when `every` is 0) and, with `at_end`, after the last step. `reads_device` actions wait
+  for the device and check finiteness first; their time is left out of the throughput."""
+
+  name: str
+  every: int
+  run: Callable[[_Run, int], None]
+  at_end: bool = False
+  reads_device: bool = True
+
+  def due(self, step: int, *, last_step: int) -> bool:
+    return (self.every > 0 and step % self.every == 0) or (self.at_end and step == last_step)
+
+
+def _log(run: _Run, step: int) -> None:
+  """Mean loss and gradient norm since the last log, learning rate and throughput."""
+  now = time.perf_counter()
+  sums = run.fetched
+  count = max(int(sums.count), 1)
+  steps_per_sec = int(sums.count) / max(now - run.interval_start - run.excluded, 1e-9)
+  loss = float(sums.loss) / count
+  run.writer.write_scalars(step, {
+      "loss": loss, "grad_norm": float(sums.grad_norm) / count,
+      "learning_rate": run.learning_rate(step - 1), "steps_per_sec": steps_per_sec,
+      **run.throughput.scalars(steps_per_sec)})
+  if run.progress is not None:
+    run.progress.set_postfix(loss=f"{loss:.4f}")
+  run.sums = run.zero_sums()
+  run.interval_start, run.excluded = now, 0.0
+
+
+def _save(run: _Run, step: int) -> None:
+  """Starts saving the state after `step` steps (asynchronously when configured)."""
+  run.checkpointer.save(step, run.state, run.train_rng, metadata={"data_position": step})
+
+
+def _check_preemption(run: _Run, step: int) -> None:
+  """After SIGTERM (on any process), saves `step` and stops the loop."""
+  preempted = (run.sigterm.raised if jax.process_count() == 1
+               else run.checkpointer.reached_preemption(step))
+  if not preempted:
+    return
+  _check_finite(run, step)
+  _save(run, step)
+  run.checkpointer.wait_until_finished()
+  print(f"Preempted (SIGTERM): saved step {step}; rerun to resume.", flush=True)
+  run.preempted = True
+
+
+def _save_samples(run: _Run, step: int) -> None:
+  """An EMA sample grid with `config.sample`'s sampler: samples/step_<step>.png."""
+  sample_rng = jax.random.PRNGKey(run.config.sample.seed)  # Grids at step s: fold_in(., s).
+  samples = generation.sample_images(run.config, run.model, run.state.ema_params,
+                                     jax.random.fold_in(sample_rng, step),
+                                     sharding=run.batch_sharding)
+  samples = multihost_utils.process_allgather(samples, tiled=True)
+  if jax.process_index() == 0:
+    grid = images.save_grid(os.fspath(run.workdir / "samples" / f"step_{step:08d}.png"),
+                            images.to_uint8(samples))
+    run.writer.write_image(step, "samples_ema", grid)
+
+
+def _evaluate(run: _Run, step: int) -> None:
+  """`config.eval`'s metrics of the EMA parameters, logged as eval/NAME (process 0 writes)."""
+  eval_config = run.config.eval
+  eval_rng = jax.random.split(jax.random.PRNGKey(run.config.sample.seed))[1]
+  scalars = eval_metrics.evaluate_during_training(
+      run.config, run.model, run.state.ema_params, jax.random.fold_in(eval_rng, step),
+      metrics=tuple(eval_config.metrics), num_samples=eval_config.num_samples,
+      bpd_split=eval_config.bpd_split, bpd_examples=eval_config.bpd_examples,
+      inception_weights=eval_config.inception_weights, cache_dir=eval_config.cache_dir)
+  run.writer.write_scalars(step, {f"eval/{name}": value for name, value in scalars.items()})
+
+
+def periodic_actions(config: ml_collections.ConfigDict) -> list[PeriodicAction]:
+  """The training loop's actions, in the order they run after a step."""
+  train_config = config.train
+  return [
+      PeriodicAction("log", train_config.log_every, _log, at_end=True),
+      PeriodicAction("checkpoint", train_config.checkpoint_every, _save, at_end=True),
+      PeriodicAction("preemption", 1, _check_preemption, reads_device=False),
+      PeriodicAction("samples", train_config.sample_every, _save_samples, at_end=True),
+      PeriodicAction("evaluation", config.eval.every, _evaluate),
+  ]
+
+
+def _check_finite(run: _Run, step: int) -> None:
+  """Waits for the device, fetches the metric sums, raises if any step was not finite."""
+  if run.checked_step == step:
+    return
+  sums = jax.device_get(run.sums)
+  first = int(sums.first_non_finite)
+  if first >= 0:
+    run.checkpointer.wait_until_finished()
+    raise FloatingPointError(
+        f"Non-finite loss {float(sums.bad_loss)}, gradient norm {float(sums.bad_grad_norm)} "
+        f"or updated state at step {first}; training stopped. The checkpoints in "
+        f"{run.checkpointer.directory} (steps {run.checkpointer.all_steps()}) are untouched.")
+  run.fetched, run.checked_step = sums, step
+
+
+def _compile_step(run: _Run, batch: dict[str, jax.Array]) -> None:
+  """Compiles the step for `batch`'s shapes and reads its FLOPs for the throughput logs."""
+  config = run.config
+  step = jax.jit(
+      functools.partial(training.accumulating_train_step,
+                        loss_fn=objectives.make_loss_fn(config.diffusion),
+                        ema_decay=config.train.ema_decay,
+                        label_dropout=config.train.label_dropout,
+                        num_classes=config.model.num_classes),
+      in_shardings=(run.shardings, run.replicated, run.batch_sharding, run.replicated),
+      out_shardings=(run.shardings, run.replicated), donate_argnums=(0, 1))
+  run.step_fn = step.lower(run.state, run.sums, batch, run.train_rng).compile()
+  run.throughput = throughput_lib.Throughput(
+      flops_per_step=throughput_lib.compiled_flops(run.step_fn),
+      peak=throughput_lib.device_peak(jax.local_devices()[0]),
+      num_devices=jax.device_count(), batch_size=config.train.batch_size)
+  if jax.process_index() == 0:
+    print(run.throughput.describe(), flush=True)
+
+
+def _perform(run: _Run, action: PeriodicAction, step: int) -> None:
+  if not action.reads_device:
+    action.run(run, step)
+    return
+  _check_finite(run, step)
+  start = time.perf_counter()
+  action.run(run, step)
+  run.excluded += time.perf_counter() - start
+
+
+def _loop(run: _Run, batches: Iterator[dict[str, jax.Array]],
+          actions: list[PeriodicAction]) -> None:
+  """Runs the steps from `run.start_step` and the actions due after each."""
+  last_step = run.config.train.num_steps
+  run.zero_sums = jax.jit(training.MetricSums.zeros, out_shardings=run.replicated)
+  run.sums = run.zero_sums()
+  run.interval_start = time.perf_counter()
+  for step, batch in zip(range(run.start_step, last_step), batches):
+    if run.step_fn is None:
+      _compile_step(run, batch)
+      run.interval_start = time.perf_counter()  # Throughput without the compile time.
+    run.state, run.sums = run.step_fn(run.state, run.sums, batch, run.train_rng)
+    run.progress.update(1)
+    done = step + 1
+    for action in actions:
+      if action.due(done, last_step=last_step):
+        _perform(run, action, done)
+      if run.preempted:
+        return
+
+
 def _check_labels(config: ml_collections.ConfigDict, source: data.ImageSource) -> None:
   if len(source) == 0:
     raise ValueError(f"Dataset {config.data.name!r} split {config.data.split!r} is empty.")
@@ -67,62 +273,20 @@ def _check_labels(config: ml_collections.ConfigDict, source: data.ImageSource) -
                      f"but dataset {config.data.name!r} has none.")
 
 
-def _save_samples(config: ml_collections.ConfigDict, model, state: training.TrainState,
-                  rng: jax.Array, *, step: int, workdir: epath.Path,
-                  sharding: jax.sharding.Sharding, writer: MetricWriter) -> None:
-  samples = generation.sample_images(config, model, state.ema_params,
-                                   jax.random.fold_in(rng, step), sharding=sharding)
-  samples = multihost_utils.process_allgather(samples, tiled=True)
-  if jax.process_index() == 0:
-    grid = images.save_grid(os.fspath(workdir / "samples" / f"step_{step:08d}.png"),
-                            images.to_uint8(samples))
-    writer.write_image(step, "samples_ema", grid)
-
-
-def _evaluate(config: ml_collections.ConfigDict, model, state: training.TrainState,
-              rng: jax.Array, *, step: int, writer: MetricWriter) -> None:
-  """`config.eval`'s metrics of the EMA parameters, logged as eval/NAME (process 0 writes)."""
-  eval_config = config.eval
-  scalars = eval_metrics.evaluate_during_training(
-      config, model, state.ema_params, jax.random.fold_in(rng, step),
-      metrics=tuple(eval_config.metrics), num_samples=eval_config.num_samples,
-      bpd_split=eval_config.bpd_split, bpd_examples=eval_config.bpd_examples,
-      inception_weights=eval_config.inception_weights, cache_dir=eval_config.cache_dir)
-  writer.write_scalars(step, {f"eval/{name}": value for name, value in scalars.items()})
-
-
-def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
-          ) -> training.TrainState:
-  """Trains (or resumes training) as `config` says, writing into `workdir`.
-
-  Returns the final TrainState. Raises ValueError on a bad config before compiling
-  anything, FloatingPointError on a non-finite loss or gradient norm.
-  """
-  validation.validate_config(config, num_devices=jax.device_count())
-  workdir = epath.Path(workdir)
-  train_config = config.train
-  mesh = parallel.make_mesh()
-  batch_sharding = parallel.batch_sharding(mesh)
+def _initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                   checkpointer: checkpointing.Checkpointer
+                   ) -> tuple[training.TrainState, jax.Array, Any, bool]:
+  """(state, base rng key, state shardings, restored?): the newest readable checkpoint's,
+  else freshly initialised ones."""
   replicated = parallel.replicated(mesh)
-  source = data.make_source(config.data)
-  _check_labels(config, source)
-
   model, tx = builders.build_model(config), training.build_optimizer(config)
-  learning_rate = training.learning_rate_schedule(
-      learning_rate=train_config.learning_rate, warmup_steps=train_config.warmup_steps)
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(train_config.seed))
-  sample_rng = jax.random.PRNGKey(config.sample.seed)  # Grids at step s use fold_in(., s).
-  eval_rng = jax.random.split(sample_rng)[1]           # Evaluations at step s likewise.
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))
   init_fn = functools.partial(training.init_train_state, model=model, tx=tx,
                               image_shape=builders.image_shape(config))
   abstract_state = jax.eval_shape(init_fn, init_rng)
   shardings = distributed.state_shardings(abstract_state, mesh,
-                                       shard_params=train_config.shard_params,
-                                       min_size=train_config.shard_min_size)
-
-  checkpointer = checkpointing.Checkpointer(
-      workdir / checkpointing.CHECKPOINT_DIR, max_to_keep=train_config.keep_checkpoints,
-      async_save=train_config.async_checkpointing)
+                                          shard_params=config.train.shard_params,
+                                          min_size=config.train.shard_min_size)
   template = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_state, shardings)
   rng_template = jax.ShapeDtypeStruct(train_rng.shape, train_rng.dtype, sharding=replicated)
@@ -130,79 +294,63 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
   if restored is None:
     state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
     # From a host value: device_put of a local jax.Array breaks across processes.
-    train_rng = jax.device_put(np.asarray(train_rng), replicated)
-  else:
-    state, train_rng = restored.state, restored.rng
-    if restored.metadata["data_position"] != int(state.step):
-      raise RuntimeError(
-          f"Checkpoint {restored.step} is inconsistent: data_position "
-          f"{restored.metadata['data_position']} != step {int(state.step)}.")
+    return state, jax.device_put(np.asarray(train_rng), replicated), shardings, False
+  if restored.metadata["data_position"] != int(restored.state.step):
+    raise RuntimeError(
+        f"Checkpoint {restored.step} is inconsistent: data_position "
+        f"{restored.metadata['data_position']} != step {int(restored.state.step)}.")
+  return restored.state, restored.rng, shardings, True
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: epath.Path
+           ) -> tuple[_Run, data.ImageSource]:
+  """Validates, builds the mesh, opens the data, restores or initialises the state."""
+  validation.validate_config(config, num_devices=jax.device_count())
+  mesh = parallel.make_mesh()
+  source = data.make_source(config.data)
+  _check_labels(config, source)
+  train_config = config.train
+  checkpointer = checkpointing.Checkpointer(
+      workdir / checkpointing.CHECKPOINT_DIR, max_to_keep=train_config.keep_checkpoints,
+      async_save=train_config.async_checkpointing)
+  state, train_rng, shardings, restored = _initial_state(config, mesh, checkpointer)
   start_step = int(state.step)
   if jax.process_index() == 0:
     checkpointing.write_config(workdir, config)
     print(f"{'Resuming from step ' + str(start_step) if restored else 'Starting'}: "
           f"{jax.device_count()} devices, {jax.process_count()} processes, "
           f"{sum(x.size for x in jax.tree.leaves(state.params)):,} parameters.", flush=True)
+  run = _Run(
+      config=config, workdir=workdir, model=builders.build_model(config), mesh=mesh,
+      shardings=shardings, state=state, train_rng=train_rng, checkpointer=checkpointer,
+      writer=MetricWriter(workdir, enabled=jax.process_index() == 0),
+      learning_rate=training.learning_rate_schedule(
+          learning_rate=train_config.learning_rate, warmup_steps=train_config.warmup_steps),
+      start_step=start_step)
+  return run, source
 
-  step_fn = jax.jit(
-      functools.partial(training.train_step, loss_fn=objectives.make_loss_fn(config.diffusion),
-                        ema_decay=train_config.ema_decay,
-                        label_dropout=train_config.label_dropout,
-                        num_classes=config.model.num_classes),
-      in_shardings=(shardings, batch_sharding, replicated),
-      out_shardings=(shardings, replicated), donate_argnums=0)
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+
+def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
+          ) -> training.TrainState:
+  """Trains (or resumes training) as `config` says, writing into `workdir`.
+
+  Returns the final TrainState. Raises ValueError on a bad config before compiling
+  anything, FloatingPointError on a non-finite step.
+  """
+  run, source = _setup(config, epath.Path(workdir))
+  train_config = config.train
   batches = data.device_batches(source, config.data, seed=train_config.seed,
-                                batch_size=train_config.batch_size, start_step=start_step,
-                                num_steps=train_config.num_steps, sharding=batch_sharding)
-  progress = tqdm.tqdm(total=train_config.num_steps, initial=start_step, unit="step",
-                       disable=jax.process_index() != 0)
-  losses, grad_norms, interval_start = [], [], time.perf_counter()
-
-  def save(step: int) -> None:
-    checkpointer.save(step, state, train_rng, metadata={"data_position": step})
-
-  with _SigtermFlag() as sigterm:
+                                batch_size=train_config.batch_size, start_step=run.start_step,
+                                num_steps=train_config.num_steps,
+                                sharding=run.batch_sharding)
+  run.progress = tqdm.tqdm(total=train_config.num_steps, initial=run.start_step, unit="step",
+                           disable=jax.process_index() != 0)
+  with _SigtermFlag() as run.sigterm:
     try:
-      for step, batch in zip(range(start_step, train_config.num_steps), batches):
-        state, metrics = step_fn(state, batch, train_rng)
-        metrics = jax.device_get(metrics)
-        if not metrics["finite"]:
-          checkpointer.wait_until_finished()
-          raise FloatingPointError(
-              f"Non-finite loss {metrics['loss']} or gradient norm {metrics['grad_norm']} at "
-              f"step {step}; training stopped. The checkpoints in {checkpointer.directory} "
-              f"(steps {checkpointer.all_steps()}) are untouched.")
-        done = step + 1
-        losses.append(metrics["loss"])
-        grad_norms.append(metrics["grad_norm"])
-        progress.update(1)
-        if done % train_config.log_every == 0 or done == train_config.num_steps:
-          elapsed = time.perf_counter() - interval_start
-          writer.write_scalars(done, {
-              "loss": np.mean(losses), "grad_norm": np.mean(grad_norms),
-              "learning_rate": learning_rate(step), "steps_per_sec": len(losses) / elapsed,
-              "images_per_sec": len(losses) * train_config.batch_size / elapsed})
-          progress.set_postfix(loss=f"{np.mean(losses):.4f}")
-          losses, grad_norms, interval_start = [], [], time.perf_counter()
-        preempted = (sigterm.raised if jax.process_count() == 1
-                     else checkpointer.reached_preemption(done))
-        if done % train_config.checkpoint_every == 0 or done == train_config.num_steps:
-          save(done)
-        if preempted:
-          save(done)
-          checkpointer.wait_until_finished()
-          print(f"Preempted (SIGTERM): saved step {done}; rerun to resume.", flush=True)
-          return state
-        sample_every = train_config.sample_every
-        if (sample_every and done % sample_every == 0) or done == train_config.num_steps:
-          _save_samples(config, model, state, sample_rng, step=done, workdir=workdir,
-                        sharding=batch_sharding, writer=writer)
-        if config.eval.every and done % config.eval.every == 0:
-          _evaluate(config, model, state, eval_rng, step=done, writer=writer)
+      _loop(run, batches, periodic_actions(config))
     finally:
       batches.close()
-      progress.close()
-      checkpointer.close()
-      writer.close()
-  return state
+      run.progress.close()
+      run.checkpointer.close()
+      run.writer.close()
+  return run.state
