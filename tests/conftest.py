@@ -1,9 +1,12 @@
 """Shared pytest fixtures."""
 
 import contextlib
+import os
 
 import jax
 import pytest
+
+import train_runs
 
 
 @contextlib.contextmanager
@@ -26,3 +29,22 @@ def x64():
   """Runs the test with jax_enable_x64 on."""
   with _x64_enabled():
     yield
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory):
+  """The environment of train.py subprocesses: CPU, a shared compilation cache and TFDS
+  data_dir."""
+  cache = tmp_path_factory.mktemp("jax_cache")
+  data_dir = tmp_path_factory.mktemp("tfds")
+  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", TFDS_DATA_DIR=str(data_dir),
+              XLA_FLAGS="")
+
+
+@pytest.fixture(scope="session")
+def straight_run(env, tmp_path_factory):
+  """`train_runs.NUM_STEPS` steps of the tiny run without interruption: (workdir, output)."""
+  workdir = tmp_path_factory.mktemp("straight")
+  out = train_runs.train(env, workdir)
+  return workdir, out

@@ -1,8 +1,11 @@
 """The training job behind train.py: data, sharded jitted steps, checkpoints, logs, samples.
 
-`train(config, workdir=...)` validates the config, builds a ("data",) mesh over every
-device of every process, resumes from the newest readable checkpoint in the workdir (or
-initialises), then runs the step loop. The loop only dispatches jitted steps
+`train(config, workdir=...)` checks the config and what it names (the data's channels and
+classes, evaluation splits and files: `_open_data`) before compiling or writing anything,
+takes the workdir's lock (`workdir_lock`), refuses a config that changes what the
+workdir's checkpoints mean (`validation.check_resume`), resumes from the newest good
+checkpoint (or initialises), then runs the step loop on a ("data",) mesh over every
+device of every process. The loop only dispatches the jitted step
 (`jaxdiff.job.step.accumulating_train_step`, one compiled program with explicit
 shardings): the loss and gradient norm are summed on the device, and the host reads them
 only when a periodic action needs the device. The periodic actions, each with its own
@@ -11,18 +14,20 @@ interval, are the one list of `periodic_actions`:
   log         every `train.log_every` steps and at the end: mean loss and gradient norm,
               learning rate, steps/s, images/s, TFLOP/s and MFU (`jaxdiff.job.throughput`)
   checkpoint  every `train.checkpoint_every` steps and at the end
-  preemption  every step, host only: after SIGTERM save and stop
+  preemption  every step, host only: after SIGTERM save, stop and raise `Preempted`
   samples     every `train.sample_every` steps (0: only at the end): an EMA sample grid
   evaluation  every `eval.every` steps (0: never): `config.eval`'s metrics as eval/NAME
 
 Before every action that reads the device (so before every save and at every log step)
 the loop checks that no step so far was non-finite; if one was, it raises
-FloatingPointError naming that step, and the last checkpoint stays as it was (a step that
-is not finite leaves the state unchanged, see `jaxdiff.job.step.train_step`). Only process
-0 writes logs and images; every process takes part in checkpointing (Orbax coordinates).
+FloatingPointError naming that step. A non-finite step leaves the state unchanged and
+freezes the later ones (see `jaxdiff.job.step`), so nothing after it is saved; a
+checkpoint that itself produced a non-finite loss is set aside (`_non_finite_error`).
+Only process 0 writes logs and images; every process takes part in checkpointing (Orbax
+coordinates).
 
-Workdir: config.json, checkpoints/<step>/, samples/step_<step>.png, metrics.jsonl and
-TensorBoard event files.
+Workdir: config.json, train.lock, checkpoints/<step>/, samples/step_<step>.png,
+metrics.jsonl and TensorBoard event files.
 """
 
 import dataclasses
@@ -45,12 +50,22 @@ from jax.experimental import multihost_utils
 from jaxdiff import data, images, parallel
 from jaxdiff.config import builders, objectives, validation
 from jaxdiff.job import checkpoints as checkpointing
+from jaxdiff.job import cli
 from jaxdiff.job import distributed
 from jaxdiff.job import evaluation as eval_metrics
 from jaxdiff.job import generation
 from jaxdiff.job import step as training
 from jaxdiff.job import throughput as throughput_lib
+from jaxdiff.job import workdir_lock
 from jaxdiff.job.writers import MetricWriter
+
+
+class Preempted(Exception):
+  """Training stopped after SIGTERM (a preemption notice), with `step` saved; rerun it."""
+
+  def __init__(self, step: int):
+    super().__init__(f"Preempted (SIGTERM): saved step {step}; rerun to resume.")
+    self.step = step
 
 
 class _SigtermFlag:
@@ -157,7 +172,6 @@ def _check_preemption(run: _Run, step: int) -> None:
   _check_finite(run, step)
   _save(run, step)
   run.checkpointer.wait_until_finished()
-  print(f"Preempted (SIGTERM): saved step {step}; rerun to resume.", flush=True)
   run.preempted = True
 
 
@@ -198,18 +212,35 @@ def periodic_actions(config: ml_collections.ConfigDict) -> list[PeriodicAction]:
   ]
 
 
+def _non_finite_error(run: _Run, sums: training.MetricSums) -> FloatingPointError:
+  """The error for the first non-finite step. When its loss or gradient norm was not
+  finite and the state it started from is a checkpoint, that checkpoint is a dead end
+  (resuming it repeats the same step on the same batch), so it is set aside."""
+  step, loss, grad_norm = int(sums.first_non_finite), float(sums.bad_loss), float(
+      sums.bad_grad_norm)
+  checkpointer = run.checkpointer
+  checkpointer.wait_until_finished()
+  inherent = not (np.isfinite(loss) and np.isfinite(grad_norm))
+  what = ("loss or gradient norm" if inherent
+          else "updated state (parameters, EMA or optimizer state)")
+  message = (f"Non-finite {what} at step {step} (loss {loss}, gradient norm {grad_norm}); "
+             "training stopped.")
+  if inherent and step in checkpointer.all_steps():
+    path = checkpointer.set_aside(step, "non_finite")
+    return FloatingPointError(
+        f"{message} Checkpoint {step} holds the state that produced it, so it was set aside "
+        f"as {path}; a rerun resumes from step {(checkpointer.all_steps() or [0])[-1]}.")
+  return FloatingPointError(f"{message} The checkpoints in {checkpointer.directory} (steps "
+                            f"{checkpointer.all_steps()}) are untouched.")
+
+
 def _check_finite(run: _Run, step: int) -> None:
   """Waits for the device, fetches the metric sums, raises if any step was not finite."""
   if run.checked_step == step:
     return
   sums = jax.device_get(run.sums)
-  first = int(sums.first_non_finite)
-  if first >= 0:
-    run.checkpointer.wait_until_finished()
-    raise FloatingPointError(
-        f"Non-finite loss {float(sums.bad_loss)}, gradient norm {float(sums.bad_grad_norm)} "
-        f"or updated state at step {first}; training stopped. The checkpoints in "
-        f"{run.checkpointer.directory} (steps {run.checkpointer.all_steps()}) are untouched.")
+  if int(sums.first_non_finite) >= 0:
+    raise _non_finite_error(run, sums)
   run.fetched, run.checked_step = sums, step
 
 
@@ -264,80 +295,146 @@ def _loop(run: _Run, batches: Iterator[dict[str, jax.Array]],
         return
 
 
-def _check_labels(config: ml_collections.ConfigDict, source: data.ImageSource) -> None:
+def _open_data(config: ml_collections.ConfigDict) -> data.ImageSource:
+  """The training data, checked against the config: channels, labels and num_classes,
+  and the splits and labels that evaluation will need. Raises ConfigError."""
+  data_config = config.data
+  name = f"dataset {data_config.name!r} split {data_config.split!r}"
+  source = data.make_source(data_config)
   if len(source) == 0:
-    raise ValueError(f"Dataset {config.data.name!r} split {config.data.split!r} is empty.")
-  _, labels = source.read([0])
-  if config.model.num_classes is not None and labels is None:
-    raise ValueError(f"config.model.num_classes={config.model.num_classes} needs labels, "
-                     f"but dataset {config.data.name!r} has none.")
+    raise validation.ConfigError(f"The {name} is empty.")
+  (image,), labels = source.read([0])
+  if image.ndim != 3 or image.shape[-1] != data_config.channels:
+    raise validation.ConfigError(
+        f"config.data.channels={data_config.channels}, but the {name} has images of shape "
+        f"{image.shape} ({image.shape[-1]} channels).")
+  num_classes = config.model.num_classes
+  if num_classes is not None and labels is None:
+    raise validation.ConfigError(
+        f"config.model.num_classes={num_classes} needs labels, but the {name} has none.")
+  if num_classes is not None and (source.num_classes or 0) > num_classes:
+    raise validation.ConfigError(
+        f"config.model.num_classes={num_classes}, but the {name} has {source.num_classes} "
+        f"classes (labels 0..{source.num_classes - 1}).")
+  _check_eval_data(config, has_labels=labels is not None)
+  return source
 
 
-def _initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                   checkpointer: checkpointing.Checkpointer
-                   ) -> tuple[training.TrainState, jax.Array, Any, bool]:
-  """(state, base rng key, state shardings, restored?): the newest readable checkpoint's,
-  else freshly initialised ones."""
-  replicated = parallel.replicated(mesh)
+def _check_eval_data(config: ml_collections.ConfigDict, *, has_labels: bool) -> None:
+  """What periodic evaluation will read and write exists, before anything is compiled."""
+  eval_config = config.eval
+  if not eval_config.every:
+    return
+  if "classifier_fd" in eval_config.metrics and not has_labels:
+    raise validation.ConfigError(
+        f"config.eval.metrics has 'classifier_fd', which trains a classifier on the labels; "
+        f"dataset {config.data.name!r} has none.")
+  if "bpd" in eval_config.metrics:
+    split_config = config.data.copy_and_resolve_references()
+    split_config.split = eval_config.bpd_split or config.data.split
+    try:
+      data.make_source(split_config)
+    except Exception as e:  # pylint: disable=broad-except  (TFDS, IDX: many types)
+      raise validation.ConfigError(
+          f"config.eval.bpd_split={eval_config.bpd_split!r}: dataset {config.data.name!r} "
+          f"cannot open it ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from None
+  cache_dir = eval_config.cache_dir or eval_metrics.default_cache_dir()
+  reason = cli.unwritable_reason(cache_dir)
+  if reason:
+    raise validation.ConfigError(f"config.eval.cache_dir={cache_dir!r} is not writable "
+                                 f"({reason}).")
+
+
+def _abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                    ) -> tuple[training.TrainState, Any, Callable[[jax.Array], Any]]:
+  """(the state with ShapeDtypeStruct leaves and shardings, the shardings, init_fn)."""
   model, tx = builders.build_model(config), training.build_optimizer(config)
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))
   init_fn = functools.partial(training.init_train_state, model=model, tx=tx,
                               image_shape=builders.image_shape(config))
-  abstract_state = jax.eval_shape(init_fn, init_rng)
+  abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   shardings = distributed.state_shardings(abstract_state, mesh,
                                           shard_params=config.train.shard_params,
                                           min_size=config.train.shard_min_size)
   template = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_state, shardings)
+  return template, shardings, init_fn
+
+
+def _initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                   checkpointer: checkpointing.Checkpointer
+                   ) -> tuple[training.TrainState, jax.Array, Any, bool]:
+  """(state, base rng key, state shardings, restored?): the newest good checkpoint's, else
+  freshly initialised ones. Raises ConfigError if the checkpoint does not fit the config."""
+  replicated = parallel.replicated(mesh)
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))
+  template, shardings, init_fn = _abstract_state(config, mesh)
   rng_template = jax.ShapeDtypeStruct(train_rng.shape, train_rng.dtype, sharding=replicated)
-  restored = checkpointer.restore_latest(template, rng_template, set_aside_unreadable=True)
+  try:
+    restored = checkpointer.restore_latest(template, rng_template, set_aside_unreadable=True)
+  except checkpointing.CheckpointMismatch as e:
+    raise validation.ConfigError(f"{e} Resume with that config, or use another --workdir.")
   if restored is None:
     state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
     # From a host value: device_put of a local jax.Array breaks across processes.
     return state, jax.device_put(np.asarray(train_rng), replicated), shardings, False
-  if restored.metadata["data_position"] != int(restored.state.step):
-    raise RuntimeError(
-        f"Checkpoint {restored.step} is inconsistent: data_position "
-        f"{restored.metadata['data_position']} != step {int(restored.state.step)}.")
+  if restored.step > config.train.num_steps:
+    raise validation.ConfigError(
+        f"config.train.num_steps={config.train.num_steps} is below step {restored.step} of "
+        f"the checkpoint this run resumes; set it to at least {restored.step}.")
   return restored.state, restored.rng, shardings, True
 
 
-def _setup(config: ml_collections.ConfigDict, workdir: epath.Path
-           ) -> tuple[_Run, data.ImageSource]:
-  """Validates, builds the mesh, opens the data, restores or initialises the state."""
-  validation.validate_config(config, num_devices=jax.device_count())
+def _check_resume(config: ml_collections.ConfigDict, workdir: epath.Path,
+                  checkpointer: checkpointing.Checkpointer, *, allow_changes: bool) -> None:
+  """Refuses (ConfigError) to resume checkpoints with a config that changes their meaning,
+  comparing with the saved config.json before anything is restored or written."""
+  if not checkpointer.all_steps() or not (workdir / checkpointing.CONFIG_FILE).exists():
+    return
+  try:
+    saved = checkpointing.read_config(workdir)
+  except ValueError as e:
+    raise validation.ConfigError(f"{workdir / checkpointing.CONFIG_FILE}: {e}") from None
+  changes = validation.check_resume(saved, config, allow_changes=allow_changes)
+  if changes and jax.process_index() == 0:
+    print("Resuming with a changed config: " + ", ".join(
+        f"config.{name}: {old!r} -> {new!r}" for name, (old, new) in changes.items()) + ".",
+          flush=True)
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: epath.Path, *,
+           allow_config_change: bool) -> _Run:
+  """Builds the mesh and restores (after checking the config against the saved one) or
+  initialises the state; then writes config.json and opens the logs."""
   mesh = parallel.make_mesh()
-  source = data.make_source(config.data)
-  _check_labels(config, source)
   train_config = config.train
   checkpointer = checkpointing.Checkpointer(
       workdir / checkpointing.CHECKPOINT_DIR, max_to_keep=train_config.keep_checkpoints,
       async_save=train_config.async_checkpointing)
-  state, train_rng, shardings, restored = _initial_state(config, mesh, checkpointer)
+  try:
+    _check_resume(config, workdir, checkpointer, allow_changes=allow_config_change)
+    state, train_rng, shardings, restored = _initial_state(config, mesh, checkpointer)
+  except BaseException:
+    checkpointer.close()
+    raise
   start_step = int(state.step)
   if jax.process_index() == 0:
     checkpointing.write_config(workdir, config)
     print(f"{'Resuming from step ' + str(start_step) if restored else 'Starting'}: "
           f"{jax.device_count()} devices, {jax.process_count()} processes, "
           f"{sum(x.size for x in jax.tree.leaves(state.params)):,} parameters.", flush=True)
-  run = _Run(
+  return _Run(
       config=config, workdir=workdir, model=builders.build_model(config), mesh=mesh,
       shardings=shardings, state=state, train_rng=train_rng, checkpointer=checkpointer,
-      writer=MetricWriter(workdir, enabled=jax.process_index() == 0),
+      writer=MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start_step),
       learning_rate=training.learning_rate_schedule(
           learning_rate=train_config.learning_rate, warmup_steps=train_config.warmup_steps),
       start_step=start_step)
-  return run, source
 
 
-def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
-          ) -> training.TrainState:
-  """Trains (or resumes training) as `config` says, writing into `workdir`.
-
-  Returns the final TrainState. Raises ValueError on a bad config before compiling
-  anything, FloatingPointError on a non-finite step.
-  """
-  run, source = _setup(config, epath.Path(workdir))
+def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
+                  source: data.ImageSource, *, allow_config_change: bool) -> _Run:
+  """Set-up and the step loop, in a workdir this job owns."""
+  run = _setup(config, workdir, allow_config_change=allow_config_change)
   train_config = config.train
   batches = data.device_batches(source, config.data, seed=train_config.seed,
                                 batch_size=train_config.batch_size, start_step=run.start_step,
@@ -353,4 +450,25 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
       run.progress.close()
       run.checkpointer.close()
       run.writer.close()
+  return run
+
+
+def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike,
+          allow_config_change: bool = False) -> training.TrainState:
+  """Trains (or resumes training) as `config` says, writing into `workdir`.
+
+  Returns the final TrainState. Before compiling anything (and before writing into the
+  workdir) raises ConfigError (a ValueError) for a config that cannot be trained on its
+  data, or cannot resume the workdir's checkpoints (unless `allow_config_change`: see
+  `validation.check_resume`), and `workdir_lock.WorkdirBusy` when another job trains in
+  `workdir`. Raises FloatingPointError on a non-finite step and `Preempted` after saving
+  on SIGTERM.
+  """
+  validation.validate_config(config, num_devices=jax.device_count())
+  source = _open_data(config)
+  workdir = epath.Path(workdir)
+  with workdir_lock.WorkdirLock(workdir):
+    run = _train_locked(config, workdir, source, allow_config_change=allow_config_change)
+  if run.preempted:
+    raise Preempted(int(run.state.step))
   return run.state
