@@ -7,6 +7,7 @@ from a copy of the session's straight 100-step run (checkpoints 50 and 100), so 
 them only start up, check and stop.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -286,7 +287,8 @@ def test_statistics_are_written_atomically(tmp_path, monkeypatch):
   frechet.save_statistics(path, stats)
 
   def full_disk(file, **arrays):
-    file.write(b"PK\x03\x04 half")
+    with open(file, "wb") if isinstance(file, str) else contextlib.nullcontext(file) as f:
+      f.write(b"PK\x03\x04 half")
     raise OSError(28, "No space left on device")
 
   monkeypatch.setattr(frechet.np, "savez", full_disk)

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Any
 
 import flax.linen as nn
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdiff.evaluation import cache
 from jaxdiff.evaluation.batching import map_batches
 
 FEATURE_DIM = 64
@@ -166,14 +166,5 @@ def _read_cache(path: str) -> dict[str, Any] | None:
 
 
 def _write_cache(path: str, payload: dict[str, Any]) -> None:
-  """Writes the msgpack payload atomically (a temporary file renamed over `path`)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, partial = tempfile.mkstemp(dir=directory, prefix=".classifier_", suffix=".partial")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(flax.serialization.msgpack_serialize(payload))
-    os.replace(partial, path)
-  except BaseException:
-    os.unlink(partial)
-    raise
+  """Writes the msgpack payload atomically (`cache.write_atomically`)."""
+  cache.write_atomically(path, lambda f: f.write(flax.serialization.msgpack_serialize(payload)))

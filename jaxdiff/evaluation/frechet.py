@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 from typing import Callable
 
 import numpy as np
+
+from jaxdiff.evaluation import cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,16 +87,8 @@ def save_statistics(path: str, stats: FeatureStatistics) -> None:
   Atomic: written to a temporary file in the same folder, then renamed over `path`, so a
   crash or a full disk never leaves a truncated file there.
   """
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, partial = tempfile.mkstemp(dir=directory, prefix=".stats_", suffix=".partial")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count))
-    os.replace(partial, path)
-  except BaseException:
-    os.unlink(partial)
-    raise
+  cache.write_atomically(path, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma,
+                                                   count=np.int64(stats.count)))
 
 
 def load_statistics(path: str) -> FeatureStatistics:
