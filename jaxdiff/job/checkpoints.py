@@ -346,7 +346,11 @@ def load_workdir(workdir: str | os.PathLike, *, step: int | None = None,
       raise FileNotFoundError(f"No checkpoint for step {step} in {checkpointer.directory}; "
                               f"available steps: {checkpointer.all_steps()}.")
     else:
-      restored = checkpointer.restore(step, template, rng_template)
+      try:
+        restored = checkpointer.restore(step, template, rng_template)
+      except CheckpointDamaged as e:
+        raise CheckpointDamaged(f"Checkpoint {checkpointer.directory}/{step} is unreadable: "
+                                f"{e}.") from None
   finally:
     checkpointer.close()
   return config, restored
