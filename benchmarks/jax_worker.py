@@ -18,7 +18,7 @@ import numpy as np
 
 import presets
 import worker_protocol
-from jaxdiff import samplers, schedules
+from jaxdiff import denoisers, samplers, schedules
 from jaxdiff.config import objectives, schema
 from jaxdiff.job import step as step_lib
 from jaxdiff.models import UNet
@@ -127,8 +127,8 @@ class SampleWorkload(JaxWorkload):
   """One whole sampling chain (DDPM or DDIM) for a batch.
 
   With spec["loop"] (DDPM only) the chain is a Python loop over one jitted
-  `ancestral_step` instead of the sampler's single scan: the dispatch-per-step baseline
-  that the scan lever is measured against.
+  `ancestral_step` (the runner's step function) instead of the runner's single scan: the
+  dispatch-per-step baseline that the scan lever is measured against.
   """
 
   def __init__(self, preset: presets.Preset, spec: dict[str, Any]):
@@ -145,10 +145,10 @@ class SampleWorkload(JaxWorkload):
     self.loop = spec.get("loop", False)
     if self.loop:
       kept = schedules.space_timesteps(preset.num_timesteps, f"ddim{self.num_steps}")
-      self.chain, self.timestep_map = schedules.respace(self.schedule, kept)
-      self.step = jax.jit(functools.partial(
-          ancestral.ancestral_step, prediction="eps", variance="fixed_small",
-          clip_denoised=True))
+      self.denoiser = denoisers.clip(denoisers.make_denoiser(self.model_fn, self.schedule))
+      self.inputs = ancestral.ancestral_inputs(self.schedule, jnp.asarray(kept[::-1]), {})
+      self.step = jax.jit(lambda den, x, inp, key: ancestral.ancestral_step(
+          den, x, jnp.zeros((0,)), inp, key, {"variance": "fixed_small"})[0])
     start = time.perf_counter()
     forward = jax.jit(self.model_fn).lower(jnp.zeros(shape), jnp.zeros(shape[:1], jnp.int32))
     stats = compiled_stats(forward.compile())
@@ -167,8 +167,9 @@ class SampleWorkload(JaxWorkload):
       key_T, key_steps = jax.random.split(rng)
       x = jax.random.normal(key_T, self.shape)
       keys = jax.random.split(key_steps, self.num_steps)
-      for i in range(self.num_steps - 1, -1, -1):
-        x = self.step(self.model_fn, self.chain, self.timestep_map, x, jnp.int32(i), keys[i])
+      for k in range(self.num_steps):
+        inp = jax.tree_util.tree_map(lambda a, k=k: a[k], self.inputs)
+        x = self.step(self.denoiser, x, inp, keys[k])
     else:
       sample = samplers.ddpm if self.sampler == "ddpm" else samplers.ddim
       x = sample(self.model_fn, self.schedule, rng, self.shape, num_steps=self.num_steps)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates benchmarks/.venv-peer: the PyTorch + diffusers peer, kept out of jaxdiff's own
-# environment. The benchmark driver (benchmarks/bench.py, run from /work/main/.venv) starts
+# Creates benchmarks/.venv-peer: the PyTorch + diffusers peer (and OpenAI's guided-diffusion
+# U-Net, for the pretrained-weight fixtures), kept out of jaxdiff's own environment. The benchmark driver (benchmarks/bench.py, run from /work/main/.venv) starts
 # the peer's worker with this venv's python, so both libraries are timed in one run.
 #
 # Usage: benchmarks/setup_peer_env.sh [PYTHON]      (default python3.11)
@@ -16,6 +16,8 @@ venv="$here/.venv-peer"
 "$venv/bin/pip" install --quiet "$torch_spec"
 torch_before="$("$venv/bin/python" -c 'import torch; print(torch.__version__)')"
 "$venv/bin/pip" install --quiet diffusers
+# OpenAI's guided-diffusion U-Net, the reference of benchmarks/make_pretrained_fixtures.py.
+"$venv/bin/pip" install --quiet guided-diffusion-sdk safetensors
 torch_after="$("$venv/bin/python" -c 'import torch; print(torch.__version__)')"
 if [[ "$torch_before" != "$torch_after" ]]; then
   echo "diffusers replaced torch $torch_before by $torch_after" >&2

@@ -15,8 +15,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("config", "data", "diffusion", "evaluation", "job", "likelihood", "losses",
-                    "models", "samplers", "schedules", "score_matching", "sde", "sde_samplers")
+_LAZY_SUBMODULES = ("config", "data", "denoisers", "diffusion", "evaluation", "images", "job",
+                    "likelihood", "losses", "models", "parallel", "processes", "samplers",
+                    "schedules", "score_matching", "sde", "sde_samplers", "testing")
 
 __all__ = [*_LAZY_SUBMODULES, "__version__"]
 

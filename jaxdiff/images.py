@@ -80,10 +80,18 @@ def save_png(path: str, image: np.ndarray) -> None:
   Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
 
 
+def upscale(image: np.ndarray, *, min_side: int) -> np.ndarray:
+  """A [H, W, C] image enlarged by the smallest integer factor k (nearest neighbour) that
+  makes both sides at least ``min_side`` pixels; unchanged when they already are."""
+  k = max(1, math.ceil(min_side / min(image.shape[:2])))
+  return image if k == 1 else np.repeat(np.repeat(image, k, axis=0), k, axis=1)
+
+
 def save_grid(path: str, images: np.ndarray, *, rows: Optional[int] = None,
-              padding: int = 2) -> np.ndarray:
-  """Writes uint8 images [N, H, W, C] as one PNG grid (see `make_grid`); returns the grid."""
-  grid = make_grid(images, rows=rows, padding=padding)
+              padding: int = 2, min_side: int = 256) -> np.ndarray:
+  """Writes uint8 images [N, H, W, C] as one PNG grid (see `make_grid`), enlarged to at least
+  ``min_side`` pixels a side (`upscale`, so that 8x8 digits are visible); returns the grid."""
+  grid = upscale(make_grid(images, rows=rows, padding=padding), min_side=min_side)
   save_png(path, grid)
   return grid
 

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import sde as sde_lib
-from jaxdiff.sde_samplers import common
-from jaxdiff.sde_samplers.ode import check_solver, probability_flow_drift, solve_ode
+from jaxdiff.sde_samplers.ode import (check_name, check_solver, probability_flow_drift, solve_ode,
+                                      validate)
 
 Array = jax.Array
 
@@ -55,9 +55,9 @@ def ode_log_likelihood(score_fn: sde_lib.ScoreFn, sde: Any, x: Array, rng: Array
   Returns (logp [B], z = x(1), number of score evaluations; the exact trace costs d
   forward-mode passes per evaluation).
   """
-  common.check_name(trace, TRACES, "trace estimator")
+  check_name(trace, TRACES, "trace estimator")
   check_solver(solver, num_steps)
-  common.validate(score_fn, x.shape, eps)
+  validate(score_fn, x.shape, eps)
   drift = probability_flow_drift(score_fn, sde)
   if trace == "gaussian":
     probe = jax.random.normal(rng, x.shape, x.dtype)

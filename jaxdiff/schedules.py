@@ -6,6 +6,12 @@ coefficients are computed once in float64 with NumPy (Ho et al. 2020, eqs. 4, 6 
 and stored in the requested dtype, float32 by default.
 
 Timesteps are 0-indexed: index ``t`` in ``[0, T)`` is the seeds' step ``t + 1``.
+
+A schedule is also a noise process in continuous time (`jaxdiff.processes`): at a
+fractional timestep t in [0, T - 1] its log alpha-bar is interpolated linearly between the
+integer timesteps, as Lu et al. 2022 (DPM-Solver, App. D.1) do for discrete-time models, so
+that every ODE and SDE sampler runs on a model trained on the discrete chain (which is then
+called with fractional timesteps). At integer timesteps every coefficient is the stored one.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ import math
 from typing import Any, Sequence
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxdiff.processes import GaussianProcess
 
 Array = Any
 
@@ -23,12 +32,13 @@ SCHEDULE_KINDS = ("linear", "cosine", "quadratic", "sigmoid")
 
 
 @flax.struct.dataclass
-class Schedule:
+class Schedule(GaussianProcess):
   """Per-timestep coefficients of a discrete Gaussian diffusion, arrays of shape [T].
 
   Build with :meth:`Schedule.from_betas` or :func:`make_schedule`. The instance is a
   pytree whose leaves are the arrays; ``num_timesteps`` is static, so a schedule can be
-  passed straight into a jitted function.
+  passed straight into a jitted function. As a noise process its time is the timestep,
+  integer or fractional, in [0, T - 1] (see the module docstring).
   """
 
   betas: Array
@@ -98,6 +108,75 @@ class Schedule:
     )
     return cls(**{k: jnp.asarray(v, dtype=dtype) for k, v in arrays.items()},
                num_timesteps=num_timesteps)
+
+  prior_std = 1.0
+  t_min = 0
+
+  @property
+  def t_max(self) -> int:
+    return self.num_timesteps - 1
+
+  @property
+  def N(self) -> int:  # pylint: disable=invalid-name  (score_sde's name for the chain length)
+    return self.num_timesteps
+
+  def _log_alpha_bar(self, t: Array) -> Array:
+    """log alpha-bar at fractional timesteps: linear between the integers, clipped to [0, T-1]."""
+    dtype = self.alphas_cumprod.dtype
+    grid = jnp.arange(self.num_timesteps, dtype=dtype)
+    return jnp.interp(jnp.asarray(t, dtype), grid, jnp.log(self.alphas_cumprod))
+
+  def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
+    """(sqrt(alpha-bar_t), sqrt(1 - alpha-bar_t)): stored at integer t, interpolated otherwise."""
+    if _is_integer(t):
+      return self.sqrt_alphas_cumprod[t], self.sqrt_one_minus_alphas_cumprod[t]
+    log_alpha_bar = self._log_alpha_bar(t)
+    return jnp.exp(0.5 * log_alpha_bar), jnp.sqrt(-jnp.expm1(log_alpha_bar))
+
+  def log_snr(self, t: Array) -> Array:
+    """lambda_t = log(alpha-bar_t / (1 - alpha-bar_t)) (Kingma et al. 2021, eq. 3)."""
+    if _is_integer(t):
+      return jnp.log(self.alphas_cumprod[t]) - self.log_one_minus_alphas_cumprod[t]
+    log_alpha_bar = self._log_alpha_bar(t)
+    return log_alpha_bar - jnp.log(-jnp.expm1(log_alpha_bar))
+
+  def t_from_log_snr(self, lam: Array) -> Array:
+    """The fractional timestep with log-SNR lambda: log alpha-bar = log sigmoid(lambda), then
+    the inverse of the interpolation (clipped to [0, T - 1])."""
+    dtype = self.alphas_cumprod.dtype
+    log_alpha_bar = jax.nn.log_sigmoid(jnp.asarray(lam, dtype))
+    grid = jnp.arange(self.num_timesteps, dtype=dtype)
+    return jnp.interp(-log_alpha_bar, -jnp.log(self.alphas_cumprod), grid)
+
+  def transition_variances(self, times: Array) -> Array:
+    """sigma^2_{s|t} = 1 - alpha-bar_s / alpha-bar_t between consecutive times of a decreasing
+    grid. For integer timesteps it is computed as 1 - exp(sum of log(1 - beta_j) over
+    t < j <= s), exact to the stored betas (for s = t + 1 it is beta_s)."""
+    if not _is_integer(times):
+      return super().transition_variances(times)
+    ascending = times[::-1]
+    steps = jnp.arange(self.num_timesteps)
+    position = jnp.searchsorted(ascending, steps, side="left")
+    segment = times.shape[0] - 1 - position  # step k spans (times[k + 1], times[k]]
+    inside = (position >= 1) & (position < times.shape[0])
+    segment = jnp.where(inside, segment, times.shape[0] - 1)
+    log_ratio = jax.ops.segment_sum(jnp.log1p(-self.betas), segment,
+                                    num_segments=times.shape[0])[:-1]
+    return -jnp.expm1(log_ratio)
+
+  def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+    """The chain's own step into timestep t (rounded): x_t = sqrt(1 - beta_t) x_{t-1} +
+    sqrt(beta_t) z as (f, G) = ((sqrt(1 - beta_t) - 1) x, sqrt(beta_t)) (Ho et al. 2020, eq. 2;
+    the form of Song et al. 2021, eq. 45)."""
+    index = jnp.clip(jnp.round(t).astype(jnp.int32), 0, self.num_timesteps - 1)
+    beta = self.betas[index]
+    return (jnp.reshape(jnp.sqrt(1.0 - beta) - 1.0, beta.shape + (1,) * (x.ndim - 1)) * x,
+            jnp.sqrt(beta))
+
+
+def _is_integer(t: Array) -> bool:
+  """Whether timesteps are integers (gathered) rather than fractional (interpolated)."""
+  return jnp.issubdtype(jnp.result_type(t), jnp.integer)
 
 
 def _linear_betas(num_timesteps: int, *, beta_start: float = 1e-4,

@@ -9,9 +9,9 @@ the methods of score_sde: `sde`, `marginal_prob`, `prior_sampling`, `prior_logp`
 
     p_0t(x_t | x_0) = N(x_t; alpha_t x_0, sigma_t^2 I),
 
-and `marginal_coeffs(t) -> (alpha_t, sigma_t)` exposes them, with the half log signal-to-noise
-ratio `log_snr(t) = log(alpha_t / sigma_t)` and its closed-form inverse `t_from_log_snr` that
-the DPM-Solver and EDM time grids use.
+and `marginal_coeffs(t) -> (alpha_t, sigma_t)` exposes them, with the log signal-to-noise
+ratio `log_snr(t) = log(alpha_t^2 / sigma_t^2)` and its closed-form inverse `t_from_log_snr`:
+the interface of `jaxdiff.processes.GaussianProcess`, which every sampler runs on.
 
 Discrete time. The N-step discretization indexes step i in [0, N) by the continuous time
 t_i = (i + 1) / N (`continuous_to_discrete`): VP's discrete betas beta(i / (N - 1)) / N are then
@@ -29,15 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.processes import (  # ReverseSDE, broadcast_to_x: part of this module's API
+    GaussianProcess, ReverseSDE, ScoreFn, broadcast_to_x)
+
 Array = jax.Array
-ScoreFn = Callable[[Array, Array], Array]
 
 T_END = 1.0
-
-
-def broadcast_to_x(c: Array, x: Array) -> Array:
-  """Reshapes per-example coefficients of shape [B] to broadcast against x [B, ...]."""
-  return jnp.reshape(c, c.shape + (1,) * (x.ndim - c.ndim))
+T_MIN = 1e-3  # the default end of sampling grids (score_sde's sampling_eps)
 
 
 def _concrete_or_none(a: Any) -> np.ndarray | None:
@@ -96,42 +94,24 @@ def continuous_to_discrete(t: Array, num_timesteps: int) -> Array:
   return jnp.clip(index, 0, num_timesteps - 1)
 
 
-def gaussian_logp(z: Array, std: Array | float) -> Array:
-  """log N(z; 0, std^2 I) summed over all but the batch axis, shape [B]."""
-  d = np.prod(z.shape[1:])
-  sq = jnp.sum(jnp.reshape(z, (z.shape[0], -1)) ** 2, axis=1)
-  return -0.5 * d * jnp.log(2.0 * jnp.pi * std**2) - 0.5 * sq / std**2
-
-
 def _t_from_log_alpha(log_alpha: Array, beta_min: Any, beta_max: Any) -> Array:
   """Root t >= 0 of (beta_max - beta_min) t^2 / 4 + beta_min t / 2 + log alpha = 0 (VP, sub-VP)."""
   db = beta_max - beta_min
   return (-beta_min + jnp.sqrt(beta_min**2 - 4.0 * db * log_alpha)) / db
 
 
-class _SDEMethods:
-  """Methods shared by the SDE pytrees; subclasses define sde, marginal_coeffs and prior_std."""
+class _SDEMethods(GaussianProcess):
+  """Methods shared by the SDE pytrees; subclasses define sde, marginal_coeffs, log_snr,
+  t_from_log_snr and prior_std."""
 
   T = T_END
+  t_max = T_END
+  t_min = T_MIN
 
   def marginal_prob(self, x0: Array, t: Array) -> tuple[Array, Array]:
     """Mean alpha_t x0 and std sigma_t ([B]) of p_0t(x_t | x0) (Song et al. 2021, eq. 29 / 33)."""
     check_time(t)
-    alpha, sigma = self.marginal_coeffs(t)
-    return broadcast_to_x(alpha, x0) * x0, sigma
-
-  def log_snr(self, t: Array) -> Array:
-    """lambda_t = log(alpha_t / sigma_t), half the log-SNR (Lu et al. 2022, "DPM-Solver", eq. 3)."""
-    alpha, sigma = self.marginal_coeffs(t)
-    return jnp.log(alpha) - jnp.log(sigma)
-
-  def prior_sampling(self, rng: Array, shape: tuple[int, ...]) -> Array:
-    """x_T ~ N(0, prior_std^2 I), the tractable prior p_T."""
-    return self.prior_std * jax.random.normal(rng, shape)
-
-  def prior_logp(self, z: Array) -> Array:
-    """log p_T(z) of the Gaussian prior, shape [B]."""
-    return gaussian_logp(z, self.prior_std)
+    return super().marginal_prob(x0, t)
 
   def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
     """Euler-Maruyama discretization x_{i+1} = x_i + f dt + g sqrt(dt) z, dt = 1 / N.
@@ -141,10 +121,6 @@ class _SDEMethods:
     """
     drift, diffusion = self.sde(x, t)
     return drift / self.N, diffusion / np.sqrt(self.N)
-
-  def reverse(self, score_fn: ScoreFn, *, probability_flow: bool = False) -> "ReverseSDE":
-    """The reverse-time SDE (Song et al. 2021, eq. 6) or the probability-flow ODE (eq. 13)."""
-    return ReverseSDE(forward=self, score_fn=score_fn, probability_flow=probability_flow)
 
 
 @flax.struct.dataclass
@@ -190,9 +166,14 @@ class VPSDE(_LinearBetaSDE):
     log_alpha = self.log_alpha(t)
     return jnp.exp(log_alpha), jnp.sqrt(-jnp.expm1(2.0 * log_alpha))
 
+  def log_snr(self, t: Array) -> Array:
+    """lambda = 2 log alpha - log(1 - alpha^2), without cancellation near t = 0."""
+    log_alpha = self.log_alpha(t)
+    return 2.0 * log_alpha - jnp.log(-jnp.expm1(2.0 * log_alpha))
+
   def t_from_log_snr(self, lam: Array) -> Array:
-    """Inverse of log_snr: log alpha = -log(1 + e^{-2 lambda}) / 2, then the quadratic in t."""
-    log_alpha = -0.5 * jnp.logaddexp(0.0, -2.0 * lam)
+    """Inverse of log_snr: alpha^2 = sigmoid(lambda), then the quadratic in t."""
+    log_alpha = -0.5 * jnp.logaddexp(0.0, -lam)
     return _t_from_log_alpha(log_alpha, self.beta_min, self.beta_max)
 
   def discrete_betas(self, index: Array, dtype: Any = jnp.float32) -> Array:
@@ -230,9 +211,14 @@ class SubVPSDE(_LinearBetaSDE):
     log_alpha = self.log_alpha(t)
     return jnp.exp(log_alpha), -jnp.expm1(2.0 * log_alpha)
 
+  def log_snr(self, t: Array) -> Array:
+    """lambda = 2 log alpha - 2 log(1 - alpha^2)."""
+    log_alpha = self.log_alpha(t)
+    return 2.0 * log_alpha - 2.0 * jnp.log(-jnp.expm1(2.0 * log_alpha))
+
   def t_from_log_snr(self, lam: Array) -> Array:
-    """Inverse of log_snr: u = alpha^2 solves (1 - u)^2 = u e^{-2 lambda}; then t from log alpha."""
-    c = jnp.exp(-2.0 * lam)
+    """Inverse of log_snr: u = alpha^2 solves (1 - u)^2 = u e^{-lambda}; then t from log alpha."""
+    c = jnp.exp(-lam)
     u = 2.0 / (2.0 + c + jnp.sqrt(c * (4.0 + c)))  # the root in (0, 1), written stably
     return _t_from_log_alpha(0.5 * jnp.log(u), self.beta_min, self.beta_max)
 
@@ -271,9 +257,13 @@ class VESDE(_SDEMethods):
     """alpha_t = 1, sigma_t = sigma(t) (score_sde's convention: sigma(0) = sigma_min)."""
     return jnp.ones_like(t), self.sigma(t)
 
+  def log_snr(self, t: Array) -> Array:
+    """lambda = -2 log sigma(t)."""
+    return -2.0 * jnp.log(self.sigma(t))
+
   def t_from_log_snr(self, lam: Array) -> Array:
-    """Inverse of log_snr = -log sigma(t)."""
-    return (-lam - jnp.log(self.sigma_min)) / jnp.log(self.sigma_max / self.sigma_min)
+    """Inverse of log_snr = -2 log sigma(t)."""
+    return (-0.5 * lam - jnp.log(self.sigma_min)) / jnp.log(self.sigma_max / self.sigma_min)
 
   def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
     """SMLD's transition: f_i = 0, G_i = sqrt(sigma_i^2 - sigma_{i-1}^2), sigma_{-1} = 0.
@@ -299,38 +289,8 @@ def geometric_sigmas(sigma_min: Any, sigma_max: Any, num_scales: int) -> Array:
   return sigma_min * (sigma_max / sigma_min) ** frac
 
 
-@flax.struct.dataclass
-class ReverseSDE:
-  """Reverse-time SDE dx = [f - g^2 score] dt + g dw_bar (Song et al. 2021, eq. 6), or with
-  probability_flow=True the ODE dx = [f - g^2 score / 2] dt (eq. 13). Time runs from 1 to 0.
-  """
-
-  forward: Any
-  score_fn: ScoreFn = flax.struct.field(pytree_node=False)
-  probability_flow: bool = flax.struct.field(pytree_node=False, default=False)
-
-  @property
-  def N(self) -> int:
-    return self.forward.N
-
-  def _score_weight(self) -> float:
-    return 0.5 if self.probability_flow else 1.0
-
-  def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
-    """Reverse drift f - c g^2 score (c = 1, or 1/2 for the ODE) and diffusion g (0 for the ODE)."""
-    drift, diffusion = self.forward.sde(x, t)
-    score = self.score_fn(x, t)
-    drift = drift - self._score_weight() * broadcast_to_x(diffusion**2, x) * score
-    return drift, jnp.zeros_like(diffusion) if self.probability_flow else diffusion
-
-  def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
-    """Reverse discretization f_i - c G_i^2 score, G_i (Song et al. 2021, eq. 46-47)."""
-    f, g = self.forward.discretize(x, t)
-    f = f - self._score_weight() * broadcast_to_x(g**2, x) * self.score_fn(x, t)
-    return f, jnp.zeros_like(g) if self.probability_flow else g
-
-
 _SDES = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE}
+SDES = (VPSDE, SubVPSDE, VESDE)
 
 
 def get_sde(name: str, **kwargs: Any) -> VPSDE | SubVPSDE | VESDE:

@@ -30,7 +30,10 @@ def test_grid_layout_and_png(tmp_path):
   assert (grid[5:8, 11:15] == 255).all() and (grid[0] == 255).all()
   assert images.make_grid(tiles, rows=5, padding=0).shape == (15, 4, 1)
   path = tmp_path / "sub" / "grid.png"
-  images.save_grid(str(path), tiles, padding=1)
+  images.save_grid(str(path), tiles, padding=1)  # 9 x 16 pixels, enlarged 29 x (>= 256)
+  saved = np.asarray(Image.open(path))[..., None]
+  np.testing.assert_array_equal(saved, np.repeat(np.repeat(grid, 29, axis=0), 29, axis=1))
+  images.save_grid(str(path), tiles, padding=1, min_side=1)
   np.testing.assert_array_equal(np.asarray(Image.open(path))[..., None], grid)
   np.testing.assert_array_equal(images.load_png(str(path), channels=1), grid)
 

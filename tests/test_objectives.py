@@ -1,4 +1,4 @@
-"""Score-SDE objectives (jaxdiff.objectives) and the one sampler table (sampling_registry).
+"""Objectives (jaxdiff.config.objectives) and the tools' sampler table (config.sampling).
 
 The analytic models below are exact for data that is a point mass at x0 = 0: then
 x_t = sigma_t z, the score is -x / sigma_t^2 and the ideal noise prediction is x / sigma_t.
@@ -34,7 +34,7 @@ class _PointMassEps(nn.Module):
     elif config.objective == "ncsn":
       sigma = -objectives.ncsn_sigmas(config)[t]  # NCSN's output is sigma * score.
     else:
-      sigma = objectives.schedule_from_config(config).sqrt_one_minus_alphas_cumprod[t]
+      sigma = objectives.schedule_from_config(config).sigma(t)  # int or fractional t
     return x / sde_lib.broadcast_to_x(sigma, x)
 
 
@@ -87,42 +87,41 @@ def test_sde_dsm_feeds_the_unet_t_times_999_and_ncsn_the_ladder_index():
 
 @pytest.mark.parametrize("objective, sampler", [
     ("sde_dsm", "pc"), ("sde_dsm", "ode"), ("sde_dsm", "dpm_solver_pp_2m"),
-    ("sde_dsm", "edm_heun"), ("ncsn", "ald"), ("ddpm", "dpm_solver_pp_2m"),
+    ("sde_dsm", "edm_heun"), ("ncsn", "ald"), ("ncsn", "ddim"), ("ddpm", "dpm_solver_pp_2m"),
+    ("ddpm", "edm_heun"), ("ddpm", "heun"), ("ddpm", "pc"),
 ])
-def test_every_fitting_sampler_recovers_the_point_mass(objective, sampler):
+def test_every_sampler_recovers_the_point_mass(objective, sampler):
   extra = dict(sigma_min=0.01, sigma_max=5.0, num_scales=5) if objective == "ncsn" else {}
   config = _config(objective=objective, **extra)
-  # pc: N > beta_max, and fine enough that its last step t = 1 / N is near the data.
-  num_steps = {"pc": 200}.get(sampler, 10)
+  # pc: N > beta_max, and fine enough that its last step t = 1 / N is near the data; on a
+  # schedule, its own T steps.
+  num_steps = {"pc": 200 if objective != "ddpm" else None}.get(sampler, 10)
   config.sample.update(sampler=sampler, num_steps=num_steps, clip_denoised=False)
   validation.validate_config(config, num_devices=1)
   model = _PointMassEps(diffusion=tuple(config.diffusion.items()))
-  samples = generation.sample_images(config, model, {}, jax.random.PRNGKey(0))
+  samples = generation.sample_batches(config, model, {}, jax.random.PRNGKey(0),
+                                      generation.request_from_config(config))
   assert samples.shape == SHAPE
   # From unit-scale noise to within the smallest noise level of the chain.
-  assert float(jnp.max(jnp.abs(samples))) < 0.1, (objective, sampler)
+  assert float(np.max(np.abs(samples))) < 0.1, (objective, sampler)
 
 
-def test_samplers_that_do_not_fit_are_refused_with_the_ones_that_do():
-  ncsn = _config(objective="ncsn").diffusion
-  assert sampling.fitting_samplers(ncsn) == ("ald",)
-  with pytest.raises(ValueError, match=r"sampler 'ddim' does not fit this run: .*not 'ncsn'; "
-                                       r"samplers that fit: ald"):
-    sampling.check_fits("ddim", ncsn)
-  cosine = _config(objective="ddpm", schedule="cosine").diffusion
-  assert "pc" not in sampling.fitting_samplers(cosine)
-  with pytest.raises(ValueError, match=r"sampler 'pc' does not fit .*schedule='cosine'"):
-    sampling.check_fits("pc", cosine)
+def test_samplers_that_cannot_run_are_refused_before_compiling():
+  mean = _config(objective="ddpm", prediction="mean")
+  sampling.check_fits("ddim", mean)
+  with pytest.raises(ValueError, match=r"prediction 'mean' .* sampler 'dpm_solver_pp_2m' "
+                                       r"with the 'logSNR' grid needs another prediction"):
+    sampling.check_fits("dpm_solver_pp_2m", mean)
+  cosine = _config(objective="ddpm", schedule="cosine")
+  with pytest.raises(ValueError, match=r"walks the schedule's own 50 steps; num_steps=10"):
+    sampling.check_fits("pc", cosine, num_steps=10)
+  sampling.check_fits("pc", cosine, num_steps=10, predictor="euler_maruyama")
   with pytest.raises(ValueError, match=r"sampler 'nope' does not exist; choose one of ddpm"):
     sampling.check_fits("nope", cosine)
-  config = _config(objective="sde_dsm")
-  model = _PointMassEps(diffusion=tuple(config.diffusion.items()))
-  config.sample.update(sampler="pc", num_steps=10)
   with pytest.raises(ValueError, match=r"pc with num_steps=10 on a VP SDE with beta_max=20.0: "
                                        r".* use num_steps > 20.0"):
-    generation.sample_images(config, model, {}, jax.random.PRNGKey(0))
-  assert set(sampling.GRID_SAMPLERS) == set(sampling.SAMPLERS) - {
-      "inpaint", "sdedit"}
+    sampling.check_fits("pc", _config(objective="sde_dsm"), num_steps=10)
+  assert set(sampling.GRID_SAMPLERS) == set(sampling.SAMPLERS) - {"inpaint", "sdedit"}
 
 
 def test_config_validation_of_objectives_and_eval():
@@ -130,8 +129,8 @@ def test_config_validation_of_objectives_and_eval():
       (dict(diffusion=dict(objective="score")), r"config.diffusion.objective='score' is not one"),
       (dict(diffusion=dict(objective="sde_dsm", sde="ve")), r"config.diffusion.sde='ve'"),
       (dict(diffusion=dict(sigma_min=5.0, sigma_max=1.0)), r"expected 0 < sigma_min < sigma_max"),
-      (dict(diffusion=dict(objective="ncsn")), r"config.sample.sampler='ddpm': sampler 'ddpm' "
-                                               r"does not fit"),
+      (dict(diffusion=dict(objective="sde_dsm"), sample=dict(sampler="pc", num_steps=10)),
+       r"config.sample.sampler='pc': pc with num_steps=10 on a VP SDE"),
       (dict(eval=dict(metrics=("fdi",))), r"config.eval.metrics=\('fdi',\)"),
       (dict(eval=dict(every=-1)), r"config.eval.every=-1"),
       (dict(eval=dict(metrics=("bpd",)), diffusion=dict(objective="sde_dsm"),

@@ -17,10 +17,12 @@ def test_readme_python_example_runs():
   chex.assert_shape(namespace["x_t"], (8, 16, 16, 3))
   chex.assert_shape(namespace["loss"], (8,))
   chex.assert_shape(namespace["images"], (4, 16, 16, 3))
+  chex.assert_shape(namespace["fast"], (4, 16, 16, 3))
   # A freshly initialised U-Net outputs zeros (zero-initialised last layer), so the
   # eps-MSE of the example equals the mean squared noise: about 1 per example.
   assert np.all(np.abs(np.asarray(namespace["loss"]) - 1.0) < 0.5)
   assert np.isfinite(np.asarray(namespace["images"])).all()
+  assert np.isfinite(np.asarray(namespace["fast"])).all()
 
 
 def test_readme_commands_match_ci():

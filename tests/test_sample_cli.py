@@ -90,8 +90,9 @@ def test_writes_grid_and_npz_deterministically(workdir, tmp_path, capsys):
   np.testing.assert_array_equal(outputs[0], outputs[1])  # same seed, same images
   assert (outputs[0] != outputs[2]).any()                 # another seed, other images
   grid = np.asarray(Image.open(tmp_path / "a.png"))
-  assert grid.shape == (2 * 10 + 2, 3 * 10 + 2)           # 2 x 3 cells of 8 + 2 padding
-  np.testing.assert_array_equal(grid[2:10, 2:10], outputs[0][0, ..., 0])
+  # 2 x 3 cells of 8 + 2 padding, 22 x 32 pixels, enlarged 12 x to at least 256 a side.
+  assert grid.shape == (12 * (2 * 10 + 2), 12 * (3 * 10 + 2))
+  np.testing.assert_array_equal(grid[24:120:12, 24:120:12], outputs[0][0, ..., 0])
 
 
 def test_default_output_goes_to_the_workdir(workdir, capsys):
@@ -136,17 +137,15 @@ def test_bad_input_is_one_clear_line(workdir, tmp_path, capsys):
         "--mask", str(tmp_path / "big.png")], "is 16x16; expected 8x8"),
       (["--workdir", workdir, "--sampler", "euler_maruyama_typo"],
        "--sampler 'euler_maruyama_typo' does not exist; choose one of ddpm, ddim"),
-      (["--workdir", workdir, "--sampler", "ald"],
-       "--sampler ald: sampler 'ald' does not fit this run: it samples objective(s) ('ncsn',), "
-       "not 'ddpm'; samplers that fit: ddpm, ddim, inpaint, sdedit, pc, ode"),
-      (["--workdir", workdir, "--sampler", "pc", "--num_steps", "10"], "use num_steps > 20"),
-      (["--workdir", workdir, "--sampler", "pc", "--num_steps", "50", "--dynamic_threshold",
-        "0.9"],
-       "--dynamic_threshold is not used by --sampler pc"),
+      (["--workdir", workdir, "--sampler", "pc", "--num_steps", "10"],
+       "--sampler pc: predictor 'reverse_diffusion' walks the schedule's own 500 steps; "
+       "num_steps=10 needs predictor='euler_maruyama'"),
+      (["--workdir", workdir, "--sampler", "ddim", "--eta", "-1"], "eta must be >= 0"),
+      (["--workdir", workdir, "--sampler", "edm_heun", "--num_steps", "1"],
+       "num_steps=1 must be >= 2"),
       (["--workdir", workdir, "--labels", "3"], "the model is unconditional"),
       (["--workdir", workdir, "--sampler", "sdedit"], "--sampler sdedit needs --image"),
-      (["--workdir", workdir, "--mask", str(tmp_path / "x.png")],
-       "--mask is not used by --sampler ddpm"),
+      (["--workdir", workdir, "--mask", str(tmp_path / "x.png")], "--mask needs --image"),
       (["--workdir", workdir, "--sampler", "sdedit", "--image", str(tmp_path / "no.png")],
        "--image: no file at"),
       (["--workdir", workdir, "--guidance_scale", "3"], "needs a class-conditional model"),
@@ -161,13 +160,13 @@ def test_bad_input_is_one_clear_line(workdir, tmp_path, capsys):
 
 
 def test_class_labels_beyond_the_model_are_refused():
-  labels = sample._parse_labels("1,2", num_classes=10, num_samples=5)
+  labels = cli.parse_labels("1,2", num_classes=10, num_samples=5)
   np.testing.assert_array_equal(labels, [1, 2, 1, 2, 1])
-  np.testing.assert_array_equal(sample._parse_labels(None, num_classes=3, num_samples=4),
+  np.testing.assert_array_equal(cli.parse_labels(None, num_classes=3, num_samples=4),
                                 [0, 1, 2, 0])
   with pytest.raises(cli.CliError, match=r"class 12 does not exist; the model has 10 "
                                             r"classes \(0..9\)"):
-    sample._parse_labels("3,12", num_classes=10, num_samples=4)
+    cli.parse_labels("3,12", num_classes=10, num_samples=4)
 
 
 def test_command_line_error_has_no_traceback():
@@ -175,8 +174,8 @@ def test_command_line_error_has_no_traceback():
                            "--sampler", "nope"], capture_output=True, text=True, check=False)
   assert result.returncode == 2
   assert result.stderr.strip() == ("sample.py: error: --sampler 'nope' does not exist; "
-                                   "choose one of ddpm, ddim, inpaint, sdedit, pc, ode, "
-                                   "dpm_solver_pp_2m, edm_heun, ald")
+                                   "choose one of ddpm, ddim, dpm_solver_pp_2m, edm_heun, pc, "
+                                   "ald, euler, heun, midpoint, ode, inpaint, sdedit")
 
 
 def test_training_logs_periodic_evaluation(workdir):
@@ -187,24 +186,38 @@ def test_training_logs_periodic_evaluation(workdir):
   assert evaluations[0]["eval/classifier_fd"] > 0
 
 
-def test_sde_samplers_run_on_a_ddpm_run_through_the_bridge(workdir, tmp_path, capsys):
-  code, _, err = _run(["--workdir", workdir, "--sampler", "dpm_solver_pp_2m", "--num_steps",
-                       "3", "--out", str(tmp_path), "--name", "dpm"], capsys)
+@pytest.mark.parametrize("sampler", ["dpm_solver_pp_2m", "edm_heun", "heun"])
+def test_continuous_samplers_run_on_a_ddpm_run(workdir, tmp_path, capsys, sampler):
+  code, _, err = _run(["--workdir", workdir, "--sampler", sampler, "--num_steps", "3",
+                       "--out", str(tmp_path), "--name", sampler], capsys)
   assert code == 0, err
-  with np.load(tmp_path / "dpm.npz") as data:
+  with np.load(tmp_path / f"{sampler}.npz") as data:
     assert data["images"].shape == (4, 8, 8, 1)
 
 
-def test_ncsn_run_samples_with_annealed_langevin_only(ncsn_workdir, capsys):
+def test_same_seed_same_images_in_sample_py_and_evaluation(workdir, tmp_path, capsys):
+  config, restored = checkpoints.load_workdir(workdir)
+  config.sample.update(sampler="ddim", num_steps=3)
+  from_evaluation = evaluation.generate_samples(
+      config, builders.build_model(config), restored.state.ema_params, jax.random.PRNGKey(7),
+      num_samples=5, batch_size=5)
+  code, _, err = _run(["--workdir", workdir, "--sampler", "ddim", "--num_steps", "3",
+                       "--num_samples", "5", "--seed", "7", "--out", str(tmp_path),
+                       "--name", "same"], capsys)
+  assert code == 0, err
+  with np.load(tmp_path / "same.npz") as data:
+    np.testing.assert_array_equal(data["images"], images.to_uint8(from_evaluation))
+
+
+def test_ncsn_run_samples_with_annealed_langevin_and_others(ncsn_workdir, capsys):
   assert os.path.isfile(os.path.join(ncsn_workdir, "samples", "step_00000002.png"))
   code, out, err = _run(["--workdir", ncsn_workdir, "--num_samples", "3"], capsys)
   assert code == 0, err
   with np.load(os.path.join(ncsn_workdir, "samples_ald_2_seed0.npz")) as data:
     assert data["images"].shape == (3, 8, 8, 1) and data["images"].std() > 0
-  code, out, err = _run(["--workdir", ncsn_workdir, "--sampler", "ddim"], capsys)
-  assert code == 2 and err.strip() == (
-      "sample.py: error: --sampler ddim: sampler 'ddim' does not fit this run: it samples "
-      "objective(s) ('ddpm',), not 'ncsn'; samplers that fit: ald")
+  code, out, err = _run(["--workdir", ncsn_workdir, "--sampler", "ddim", "--num_steps", "4"],
+                        capsys)
+  assert code == 0, err
 
 
 def test_evaluate_command_reports_bpd_and_classifier_distance(workdir, cache_dir, tmp_path,

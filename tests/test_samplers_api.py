@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import analytic
-from jaxdiff import samplers, schedules
+from compile_counter import count_compiles
+from jaxdiff import samplers, schedules, testing
 
 T = 1000
-DATA = analytic.GaussianMixture.gaussian([0.3, -0.2], [[0.3, 0.1], [0.1, 0.2]])
+DATA = testing.GaussianMixture.gaussian([0.3, -0.2], [[0.3, 0.1], [0.1, 0.2]])
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def schedule():
 
 @pytest.fixture(scope="module")
 def model(schedule):
-  return analytic.model_fn(DATA, schedule)
+  return testing.model_fn(DATA, schedule)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "inpaint", "sdedit", "given"])
@@ -68,7 +68,7 @@ def test_parameterizations_agree(schedule, model, prediction):
   """
   kw = dict(clip_denoised=False)
   rng, shape = jax.random.PRNGKey(1), (256, 2)
-  fn = analytic.model_fn(DATA, schedule, prediction=prediction)
+  fn = testing.model_fn(DATA, schedule, prediction=prediction)
   np.testing.assert_allclose(
       samplers.ddpm(fn, schedule, rng, shape, prediction=prediction, **kw),
       samplers.ddpm(model, schedule, rng, shape, **kw), atol=1e-3)
@@ -170,8 +170,8 @@ def test_dynamic_threshold_matches_numpy():
 def test_dynamic_thresholding_in_sampler(schedule):
   """Data at (3, 0.5): static clipping keeps (1, 0.5); dynamic thresholding rescales
   by s ~ 3 to about (1, 0.17) (Saharia et al. Sec. 2.3)."""
-  data = analytic.GaussianMixture.gaussian([3.0, 0.5], [[0.01, 0.0], [0.0, 0.01]])
-  fn = analytic.model_fn(data, schedule)
+  data = testing.GaussianMixture.gaussian([3.0, 0.5], [[0.01, 0.0], [0.0, 0.01]])
+  fn = testing.model_fn(data, schedule)
   rng, shape = jax.random.PRNGKey(6), (512, 2)
   static = samplers.ddim(fn, schedule, rng, shape, num_steps=50)
   dynamic = samplers.ddim(fn, schedule, rng, shape, num_steps=50,
@@ -188,18 +188,7 @@ def test_dynamic_thresholding_in_sampler(schedule):
 
 
 def _count_compiles(fn):
-  compiles = []
-
-  def listener(event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      compiles.append(duration)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    jax.block_until_ready(fn())
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  return len(compiles)
+  return count_compiles(fn)[0]
 
 
 def _eps_apply(params, x, t):
@@ -246,8 +235,8 @@ def test_model_fn_identity_keys_the_cache(schedule, model):
 def _run_all(x_T, known):
   """Every sampler on one batch; used on one device here and on 8 in a subprocess."""
   schedule = schedules.make_schedule("linear", 1000)
-  mix = analytic.GaussianMixture.diagonal([0.5, 0.5], [[1.0, 0.0], [-1.0, 0.5]], [0.1, 0.2])
-  fn = analytic.model_fn(mix, schedule)
+  mix = testing.GaussianMixture.diagonal([0.5, 0.5], [[1.0, 0.0], [-1.0, 0.5]], [0.1, 0.2])
+  fn = testing.model_fn(mix, schedule)
   rng = jax.random.PRNGKey(1)
   return {"ddpm": samplers.ddpm(fn, schedule, rng, x_T.shape, num_steps=50, x_T=x_T),
           "ddim": samplers.ddim(fn, schedule, rng, x_T.shape, eta=0.5, x_T=x_T),
@@ -313,8 +302,8 @@ def test_bad_input_raises(schedule, model):
       (lambda: samplers.sdedit(model, schedule, rng, x, strength=0.5, num_steps=1001),
        "num_steps=1001"),
       (lambda: samplers.ddim(model, schedule, rng, shape, eta=-0.1), "eta must be >= 0"),
-      (lambda: samplers.ddpm(model, schedule, rng, shape, prediction="score"),
-       "unknown prediction 'score'"),
+      (lambda: samplers.ddpm(model, schedule, rng, shape, prediction="noise"),
+       "unknown prediction 'noise'"),
       (lambda: samplers.ddim(model, schedule, rng, shape, prediction="epsilon"),
        "unknown prediction 'epsilon'"),
       (lambda: samplers.ddpm(model, schedule, rng, shape, variance="small"),

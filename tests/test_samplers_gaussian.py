@@ -1,6 +1,6 @@
 """Samplers on Gaussian data against their exact output distributions (NumPy float64).
 
-For data N(mu, Sigma) the exact eps-prediction (tests/analytic.py) is affine in x_t, so
+For data N(mu, Sigma) the exact eps-prediction (tests/testing.py) is affine in x_t, so
 with clip_denoised=False every step is x <- A x + b + noise and each sampler's output is
 exactly Gaussian with moments the oracle below propagates, written from the papers'
 equations independently of jaxdiff. Each test checks two things:
@@ -23,16 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import analytic
-from jaxdiff import samplers, schedules
+from jaxdiff import samplers, schedules, testing
 
 T = 1000
 N = 4000  # samples per test; the SE of a unit-variance mean is then 0.016
-AB = analytic.linear_alphas_cumprod(T)
+AB = testing.linear_alphas_cumprod(T)
 MU = np.array([0.5, -0.3, 0.2])
 _L = np.array([[0.6, 0.0, 0.0], [0.3, 0.4, 0.0], [-0.2, 0.1, 0.3]])
 SIGMA = _L @ _L.T  # eigenvalues 0.06, 0.17, 0.52: correlated, anisotropic
-DATA = analytic.GaussianMixture.gaussian(MU, SIGMA)
+DATA = testing.GaussianMixture.gaussian(MU, SIGMA)
 EYE = np.eye(3)
 
 
@@ -43,26 +42,26 @@ def schedule():
 
 @pytest.fixture(scope="module")
 def model(schedule):
-  return analytic.model_fn(DATA, schedule)
+  return testing.model_fn(DATA, schedule)
 
 
 def _ddpm_affine(a, a_prev, variance, last):
-  return analytic.ddpm_step_affine(MU, SIGMA, a, a_prev, variance=variance, last=last)
+  return testing.ddpm_step_affine(MU, SIGMA, a, a_prev, variance=variance, last=last)
 
 
 def _ddim_affine(a, a_prev, eta):
-  return analytic.ddim_step_affine(MU, SIGMA, a, a_prev, eta=eta)
+  return testing.ddim_step_affine(MU, SIGMA, a, a_prev, eta=eta)
 
 
 def _reverse(kept, step):
-  return analytic.reverse_chain(AB[np.asarray(kept)], step)
+  return testing.reverse_chain(AB[np.asarray(kept)], step)
 
 
 def _moments(steps, mean=np.zeros(3), cov=EYE):
-  return analytic.chain_moments(steps, mean, cov)
+  return testing.chain_moments(steps, mean, cov)
 
 
-_compose = functools.partial(analytic.compose, dim=3)
+_compose = functools.partial(testing.compose, dim=3)
 
 
 def _assert_moments(x, mean, cov, *, slack_mean=0.0, slack_cov=0.0):
@@ -135,12 +134,12 @@ def test_float64_schedule_stays_float64(x64):
   schedule = schedules.make_schedule("linear", T, dtype=jnp.float64)
   x_T = jnp.asarray(np.random.default_rng(13).standard_normal((64, 3)))
   kept = np.arange(0, T, 20)
-  x = samplers.ddim(analytic.model_fn(DATA, schedule), schedule, None, x_T.shape, x_T=x_T,
+  x = samplers.ddim(testing.model_fn(DATA, schedule), schedule, None, x_T.shape, x_T=x_T,
                     clip_denoised=False)
   assert x.dtype == jnp.float64
   mat, off = _compose(_reverse(kept, lambda a, ap, _: _ddim_affine(a, ap, 0.0)))
   np.testing.assert_allclose(x, np.asarray(x_T) @ mat.T + off, atol=1e-10)
-  x = samplers.ddpm(analytic.model_fn(DATA, schedule), schedule, jax.random.PRNGKey(0),
+  x = samplers.ddpm(testing.model_fn(DATA, schedule), schedule, jax.random.PRNGKey(0),
                     x_T.shape, num_steps=20)
   assert x.dtype == jnp.float64
 
@@ -152,7 +151,7 @@ def _inversion_steps(kept, iterations):
   steps = []
   for k in range(len(a)):
     a_from, a_to = (a[k - 1] if k > 0 else 1.0), a[k]
-    g, h = analytic.eps_affine(MU, SIGMA, a_to)
+    g, h = testing.eps_affine(MU, SIGMA, a_to)
     # guess' = alpha x + gamma eps(guess), eps(guess) = G guess + h; guess_0 = x.
     alpha = np.sqrt(a_to / a_from)
     gamma = np.sqrt(1.0 - a_to) - np.sqrt(a_to) * np.sqrt(1.0 - a_from) / np.sqrt(a_from)

@@ -17,16 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import analytic
-from jaxdiff import samplers, schedules
+from jaxdiff import samplers, schedules, testing
 
 T = 1000
 N = 4000
 _ANGLES = np.deg2rad([0.0, 120.0, 240.0])
 MEANS = 2.0 * np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], axis=1)
 STDS = np.array([0.3, 0.4, 0.35])
-MIX = analytic.GaussianMixture.diagonal([0.5, 0.3, 0.2], MEANS, STDS ** 2)
-AB = analytic.linear_alphas_cumprod(T)
+MIX = testing.GaussianMixture.diagonal([0.5, 0.3, 0.2], MEANS, STDS ** 2)
+AB = testing.linear_alphas_cumprod(T)
 NULL = 3
 
 
@@ -37,23 +36,23 @@ def schedule():
 
 @pytest.fixture(scope="module")
 def model(schedule):
-  return analytic.model_fn(MIX, schedule)
+  return testing.model_fn(MIX, schedule)
 
 
 def _mode_gap(k, steps_of):
   """|oracle - data| of mode k alone on the chain ``steps_of(mean, cov)`` (mean, cov)."""
   mean, cov = MIX.means[k], MIX.covs[k]
-  out_mean, out_cov = analytic.chain_moments(steps_of(mean, cov), np.zeros(2), np.eye(2))
+  out_mean, out_cov = testing.chain_moments(steps_of(mean, cov), np.zeros(2), np.eye(2))
   return np.abs(out_mean - mean), np.abs(out_cov - cov)
 
 
 def _ddpm_steps(mean, cov):
-  return analytic.reverse_chain(AB, lambda a, ap, last: analytic.ddpm_step_affine(
+  return testing.reverse_chain(AB, lambda a, ap, last: testing.ddpm_step_affine(
       mean, cov, a, ap, variance="fixed_small", last=last))
 
 
 def _ddim_steps(num_steps, mean, cov):
-  return analytic.reverse_chain(AB[::T // num_steps], lambda a, ap, _: analytic.ddim_step_affine(
+  return testing.reverse_chain(AB[::T // num_steps], lambda a, ap, _: testing.ddim_step_affine(
       mean, cov, a, ap, eta=0.0))
 
 
@@ -99,7 +98,7 @@ def _labels(n):
 
 def _conditional_model(schedule, y):
   """The exact class-conditional model_fn(x_t, t) for labels y."""
-  conditional = analytic.conditional_model_fn(MIX, schedule, null_label=NULL)
+  conditional = testing.conditional_model_fn(MIX, schedule, null_label=NULL)
   return lambda x, t: conditional(x, t, y)
 
 
@@ -107,7 +106,7 @@ def test_classifier_guidance_ddim_is_exactly_conditional(schedule, model):
   """Scale 1 with the exact classifier: eps - sqrt(1 - a) grad log p(y | x_t) is the
   conditional eps (Bayes' rule), so DDIM samples equal those of the conditional model."""
   y = _labels(256)
-  cond_fn = samplers.classifier_guidance(analytic.classifier_log_prob(MIX, schedule, y), 1.0)
+  cond_fn = samplers.classifier_guidance(testing.classifier_log_prob(MIX, schedule, y), 1.0)
   exact_fn = _conditional_model(schedule, y)
   for eta in (0.0, 0.7):
     guided = samplers.ddim(model, schedule, jax.random.PRNGKey(2), (256, 2), eta=eta,
@@ -120,26 +119,28 @@ def test_classifier_guidance_ddim_is_exactly_conditional(schedule, model):
 def test_classifier_guidance_ddpm_samples_the_class(schedule, model):
   """Dhariwal & Nichol's mean shift Sigma s grad log p(y | x_t) at s = 1 samples p(x | y).
 
-  Against the conditional model with the same noise, each sample moves by at most 0.012
-  (measured): the shift uses beta-tilde_t where the exact conditional mean has
-  beta_t / sqrt(alpha_t), an O(beta_t) relative difference per step. We allow 0.05; a
-  wrong scale or sign moves samples by O(1).
+  Against the conditional model with the same noise, samples move by a median 6e-4 and a
+  99.9th percentile of 0.011-0.017 over seeds 3-5 (measured; single samples near the modes'
+  tails reach 0.03-0.07): the shift uses beta-tilde_t where the exact conditional mean has
+  beta_t / sqrt(alpha_t), an O(beta_t) relative difference per step. We allow 0.003 and 0.05;
+  a wrong scale or sign moves samples by O(1).
   """
   y = _labels(N)
-  cond_fn = samplers.classifier_guidance(analytic.classifier_log_prob(MIX, schedule, y), 1.0)
+  cond_fn = samplers.classifier_guidance(testing.classifier_log_prob(MIX, schedule, y), 1.0)
   x = samplers.ddpm(model, schedule, jax.random.PRNGKey(3), (N, 2), cond_fn=cond_fn,
                     clip_denoised=False)
   np.testing.assert_array_equal(_assign(x), y)
   _assert_modes(x, np.asarray(y), _ddpm_steps)
   exact = samplers.ddpm(_conditional_model(schedule, y), schedule, jax.random.PRNGKey(3),
                         (N, 2), clip_denoised=False)
-  np.testing.assert_allclose(x, exact, atol=0.05)
+  deviation = np.abs(np.asarray(x) - np.asarray(exact)).max(axis=1)
+  assert np.median(deviation) < 0.003 and np.quantile(deviation, 0.999) < 0.05
 
 
 def test_classifier_free_guidance_samples(schedule):
   """Scale 1 samples each example's class; scale 0 the unconditional mixture."""
   y = _labels(N)
-  conditional = analytic.conditional_model_fn(MIX, schedule, null_label=NULL)
+  conditional = testing.conditional_model_fn(MIX, schedule, null_label=NULL)
   x = samplers.ddpm(samplers.classifier_free_guidance(conditional, y, 1.0, NULL), schedule,
                     jax.random.PRNGKey(4), (N, 2), clip_denoised=False)
   np.testing.assert_array_equal(_assign(x), y)
@@ -150,11 +151,11 @@ def test_classifier_free_guidance_samples(schedule):
 
 
 def test_analytic_eps_is_the_scaled_score(x64):
-  """tests/analytic.py against Tweedie, independently: E[eps | x_t] = -sqrt(1 - a)
+  """tests/testing.py against Tweedie, independently: E[eps | x_t] = -sqrt(1 - a)
   grad log p_t(x_t), with log p_t from scipy and a central finite difference (float64,
   h = 1e-5: truncation O(h^2) ~ 1e-10, roundoff ~ 1e-16 / h ~ 1e-11; we allow 1e-7)."""
   from scipy import special, stats
-  mix = analytic.GaussianMixture([0.3, 0.7], [[1.0, -0.5], [-0.8, 0.4]],
+  mix = testing.GaussianMixture([0.3, 0.7], [[1.0, -0.5], [-0.8, 0.4]],
                                  [[[0.3, 0.12], [0.12, 0.2]], [[0.1, -0.05], [-0.05, 0.4]]])
   schedule = schedules.make_schedule("linear", T, dtype=jnp.float64)
   x = np.random.default_rng(0).standard_normal((4, 2))
@@ -169,5 +170,5 @@ def test_analytic_eps_is_the_scaled_score(x64):
   h = 1e-5
   score = np.array([[(log_p(xi + h * e, ai) - log_p(xi - h * e, ai)) / (2 * h)
                      for e in np.eye(2)] for xi, ai in zip(x, a)])
-  np.testing.assert_allclose(analytic.eps(mix, schedule, jnp.asarray(x), jnp.asarray(t)),
+  np.testing.assert_allclose(testing.eps(mix, schedule, jnp.asarray(x), jnp.asarray(t)),
                              -np.sqrt(1 - a)[:, None] * score, atol=1e-7)

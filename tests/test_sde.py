@@ -145,8 +145,9 @@ def test_log_snr_inverse(x64, kind):
   sde = KINDS[kind]()
   t = jnp.asarray(TIMES)
   alpha, sigma = analytic_sde.coeffs(kind, TIMES)
-  lam = sde.log_snr(t)
-  np.testing.assert_allclose(lam, np.log(np.asarray(alpha) / np.asarray(sigma)), rtol=1e-12)
+  lam = sde.log_snr(t)  # the full log-SNR log(alpha^2 / sigma^2) (Kingma et al. 2021, eq. 3)
+  np.testing.assert_allclose(lam, 2.0 * np.log(np.asarray(alpha) / np.asarray(sigma)),
+                             rtol=1e-12)
   np.testing.assert_allclose(sde.t_from_log_snr(lam), TIMES, rtol=1e-8)
 
 

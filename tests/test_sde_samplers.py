@@ -17,7 +17,9 @@ import pytest
 from jaxdiff import sde as sde_lib
 from jaxdiff import sde_samplers as ss
 from jaxdiff.schedules import make_schedule
-from tests import analytic, analytic_sde
+from jaxdiff import testing
+from compile_counter import count_compiles
+from tests import analytic_sde
 
 MEAN = np.array([1.0, -0.5])
 COV = np.array([[1.0, 0.6], [0.6, 0.8]])
@@ -90,7 +92,7 @@ def test_dpm_solver_20_matches_ddim_100(x64):
   (dpm_mean, dpm_cov), _, nfe = _pushforward("vp", ss.dpm_solver_pp_2m, num_steps=20)
   assert nfe == 20
   schedule = make_schedule("linear", 1000, dtype=jnp.float64)
-  model_fn = analytic.model_fn(analytic.GaussianMixture(np.ones(1), MEAN[None], COV[None]),
+  model_fn = testing.model_fn(testing.GaussianMixture(np.ones(1), MEAN[None], COV[None]),
                                schedule)
 
   def ddim_law(num_steps):
@@ -111,7 +113,7 @@ def test_dpm_solver_on_a_discrete_eps_model_through_score_from_eps(x64):
   # variance) add to DPM-Solver's own error; measured KL 3.9e-4 to the data law (3.7e-4 with the
   # continuous score), so the bound is 1e-3.
   schedule = make_schedule("linear", 1000, dtype=jnp.float64)
-  eps_model = analytic.model_fn(analytic.GaussianMixture(np.ones(1), MEAN[None], COV[None]),
+  eps_model = testing.model_fn(testing.GaussianMixture(np.ones(1), MEAN[None], COV[None]),
                                 schedule)
   sde = sde_lib.VPSDE(N=1000)
   score = sde_lib.score_from_eps(eps_model, sde, schedule=schedule)
@@ -211,11 +213,13 @@ def test_pc_samplers_reproduce_gaussian_moments(kind, options, bias):
   np.testing.assert_array_less(np.abs(np.cov(x.T) - COV), cov_tol + bias * np.abs(COV))
 
 
+_MIXTURE = testing.GaussianMixture.diagonal([0.2, 0.8], [[-5.0, -5.0], [5.0, 5.0]], [1.0, 1.0])
+
+
 def _mixture_score(x, sigma):
   """Exact score of 0.2 N((-5, -5), I) + 0.8 N((5, 5), I) convolved with N(0, sigma^2 I)."""
-  weights, means = jnp.array([0.2, 0.8]), jnp.array([[-5.0, -5.0], [5.0, 5.0]])
-  return analytic_sde.mixture_logp_and_score(weights, means, 1.0, x, jnp.ones_like(sigma),
-                                             sigma)[1]
+  return testing.model_fn(_MIXTURE, lambda t: (jnp.ones_like(t), t), prediction="score")(
+      x, sigma)
 
 
 def test_annealed_langevin_recovers_mixture_weights_and_plain_langevin_does_not():
@@ -288,3 +292,26 @@ def test_sampler_dispatch_and_errors():
     ss.edm_heun(score, sde, rng, (2, 2), x_T=jnp.zeros((3, 2)))
   with pytest.raises(ValueError, match="shaped like x"):
     ss.annealed_langevin_dynamics(lambda x, s: x[:, :1], jnp.array([1.0]), rng, (2, 2))
+
+
+def _linear_score(params, x, t):
+  """A "network" score -(x - m) / (1 + t) whose parameters m are traced arguments."""
+  return -(x - params["m"]) / (1.0 + t[:, None])
+
+
+def test_new_score_parameters_compile_nothing():
+  # Before the unified runner each SDE sampler took score_fn as a static jit argument: three
+  # parameter sets compiled dpm_solver_pp_2m three times. Now a jax.tree_util.Partial's
+  # arrays are traced, for the adaptive ODE solve too.
+  sde = sde_lib.VPSDE(N=50)
+  runs = {
+      "pc": lambda f: ss.pc_sampler(f, sde, jax.random.PRNGKey(0), (4, 2)),
+      "dpm": lambda f: ss.dpm_solver_pp_2m(f, sde, jax.random.PRNGKey(0), (4, 2)),
+      "edm": lambda f: ss.edm_heun(f, sde, jax.random.PRNGKey(0), (4, 2)),
+      "ode": lambda f: ss.probability_flow_sampler(f, sde, jax.random.PRNGKey(0), (4, 2),
+                                                   rtol=1e-3, atol=1e-3),
+  }
+  for name, run in runs.items():
+    score = lambda m: jax.tree_util.Partial(_linear_score, {"m": jnp.full((2,), m)})
+    jax.block_until_ready(run(score(0.0)))
+    assert count_compiles(lambda: run(score(1.0)))[0] == 0, name

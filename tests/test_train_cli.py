@@ -30,7 +30,8 @@ def test_straight_run_writes_everything(straight_run):
   config = checkpoints.read_config(workdir)
   assert config.model.base_channels == 8 and config.model.channel_mult == (1,)
   grid = np.asarray(Image.open(workdir / "samples" / "step_00000100.png"))
-  assert grid.shape == (32, 32)  # 8 images of 8x8 in a 3x3 grid with 2-pixel padding.
+  # 8 images of 8x8 in a 3x3 grid with 2-pixel padding (32 x 32), enlarged 8 x to 256.
+  assert grid.shape == (256, 256)
   assert grid.std() > 0
   metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in metrics] == list(range(10, NUM_STEPS + 1, 10))

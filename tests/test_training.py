@@ -1,4 +1,4 @@
-"""Tests for jaxdiff.training (step, optimizer, EMA), parallel (mesh, shardings) and config."""
+"""Tests for jaxdiff.job.step (step, optimizer, EMA), the shardings and the config."""
 
 import functools
 import importlib.util
@@ -16,7 +16,6 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdiff import parallel
 from jaxdiff.config import objectives, schema, validation
 from jaxdiff.job import distributed, generation, step as step_lib
 from jaxdiff.models import UNet
@@ -350,21 +349,24 @@ def test_model_fn_for_conditioning_and_guidance():
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_sample_images_shapes_and_determinism(sampler):
+def test_sample_batches_shapes_and_determinism(sampler):
   config = schema.base_config()
   config.model.num_classes = 3
   config.diffusion.num_timesteps = 50  # Linear betas scale by 1000 / T: T >= 21.
   config.data.update(image_size=4, channels=1)
   config.sample.update(sampler=sampler, num_samples=4, num_steps=3, guidance_scale=2.0)
-  np.testing.assert_array_equal(generation.sample_labels(config), [0, 1, 2, 0])
+  request = generation.request_from_config(config, batch_size=3)
+  np.testing.assert_array_equal(request.labels, [0, 1, 2, 0])
   model, params = _LabelScale(), {"w": jnp.array([0.1, 0.2, 0.3, 0.4])}
-  samples = generation.sample_images(config, model, params, jax.random.PRNGKey(0))
+
+  def draw(seed):
+    return generation.sample_batches(config, model, params, jax.random.PRNGKey(seed), request)
+
+  samples = draw(0)
   chex.assert_shape(samples, (4, 4, 4, 1))
   chex.assert_tree_all_finite(samples)
-  np.testing.assert_array_equal(
-      samples, generation.sample_images(config, model, params, jax.random.PRNGKey(0)))
-  assert not np.array_equal(
-      samples, generation.sample_images(config, model, params, jax.random.PRNGKey(1)))
+  np.testing.assert_array_equal(samples, draw(0))
+  assert not np.array_equal(samples, draw(1))
 
 
 def _load_config(name):

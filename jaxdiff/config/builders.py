@@ -4,7 +4,12 @@ from typing import Any
 
 import ml_collections
 
-from jaxdiff.models import UNet
+import flax.linen as nn
+
+from jaxdiff.models import DiT, UNet
+
+# config.model.name -> the module that config.model's other fields build.
+MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "dit": DiT}
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -19,6 +24,12 @@ def optimizer_options(train_config: ml_collections.ConfigDict) -> dict[str, Any]
       "eps")}
 
 
-def build_model(config: ml_collections.ConfigDict) -> UNet:
-  """`UNet(**config.model)`."""
-  return UNet(**config.model)
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """`UNet(**config.model)` or `DiT(**config.model)`, as `config.model.name` says.
+
+  `name` passes through as the Flax module's name, which leaves its variables unchanged.
+  """
+  name = config.model.name
+  if name not in MODELS:
+    raise ValueError(f"config.model.name={name!r} is not one of {tuple(MODELS)}.")
+  return MODELS[name](**config.model)

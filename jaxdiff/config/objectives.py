@@ -13,8 +13,10 @@ per-example loss of `config.diffusion.objective`:
   geometric ladder `ncsn_sigmas`; the U-Net gets the index i of sigma_i in the ascending
   ladder as its timestep and score(x, sigma_i) = model(x, i) / sigma_i.
 
-The score functions built here serve both the losses and the samplers
-(`jaxdiff.config.sampling`), so training and sampling cannot disagree on them.
+`process_from_config` and `denoiser_from_config` give the samplers the run's noise process
+(`jaxdiff.processes`) and its model as a denoiser (`jaxdiff.denoisers`); the model wrappers
+(time scaling, NCSN's ladder index) are the same for the losses and the samplers, so training
+and sampling cannot disagree on them.
 """
 
 from collections.abc import Callable
@@ -24,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxdiff import losses, schedules, score_matching
+from jaxdiff import denoisers, losses, processes, schedules, score_matching
 from jaxdiff import sde as sde_lib
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -43,19 +45,46 @@ def schedule_from_config(diffusion_config: ml_collections.ConfigDict) -> schedul
 def sde_from_config(diffusion_config: ml_collections.ConfigDict) -> Any:
   """The SDE of a run (Song et al. 2021, Sec. 3.4).
 
-  "sde_dsm": `config.diffusion.sde` with its parameters and N = `num_scales` steps. "ddpm":
-  VPSDE(N=T), whose discretization is the linear DDPM chain (eq. 10) that
-  `continuous_score_fn` bridges to. "ncsn" has no SDE (see `ncsn_sigmas`).
+  `config.diffusion.sde` with its parameters and N = `num_scales` steps.
   """
-  objective = diffusion_config.objective
-  if objective == "ddpm":
-    return sde_lib.VPSDE(N=diffusion_config.num_timesteps)
-  if objective != "sde_dsm":
-    raise ValueError(f"objective {objective!r} has no SDE; expected 'ddpm' or 'sde_dsm'.")
   vesde = diffusion_config.sde == "vesde"
   ranges = ("sigma_min", "sigma_max") if vesde else ("beta_min", "beta_max")
   return sde_lib.get_sde(diffusion_config.sde, N=diffusion_config.num_scales,
                          **{name: diffusion_config[name] for name in ranges})
+
+
+def process_from_config(diffusion_config: ml_collections.ConfigDict) -> Any:
+  """The run's noise process: the discrete schedule ("ddpm"), the SDE ("sde_dsm"), or the
+  sigma axis of NCSN's ladder, `processes.EDMProcess(sigma_min, sigma_max)` ("ncsn")."""
+  objective = diffusion_config.objective
+  if objective == "ddpm":
+    return schedule_from_config(diffusion_config)
+  if objective == "ncsn":
+    return processes.EDMProcess(sigma_min=diffusion_config.sigma_min,
+                                sigma_max=diffusion_config.sigma_max)
+  return sde_from_config(diffusion_config)
+
+
+def denoiser_from_config(diffusion_config: ml_collections.ConfigDict, model_fn: ModelFn,
+                         *, learned_variance: bool = False,
+                         process: Any = None) -> denoisers.Denoiser:
+  """The denoiser of a trained model on the run's process (`process_from_config`, or the
+  given `process`, e.g. an imported model's schedule).
+
+  "ddpm": `config.diffusion.prediction` at integer (or, for the continuous samplers,
+  fractional) timesteps; "sde_dsm": eps at t * 999; "ncsn": the score model(x, i) / sigma_i
+  at the nearest ladder level i.
+  """
+  objective = diffusion_config.objective
+  process = process_from_config(diffusion_config) if process is None else process
+  if objective == "ddpm":
+    return denoisers.make_denoiser(model_fn, process, prediction=diffusion_config.prediction,
+                                   learned_variance=learned_variance)
+  if objective == "ncsn":
+    return denoisers.make_denoiser(ncsn_score_fn(diffusion_config, model_fn), process,
+                                   prediction="score")
+  return denoisers.make_denoiser(jax.tree_util.Partial(_continuous_eps, model_fn), process,
+                                 prediction="eps")
 
 
 def ncsn_sigmas(diffusion_config: ml_collections.ConfigDict) -> jax.Array:
@@ -64,32 +93,18 @@ def ncsn_sigmas(diffusion_config: ml_collections.ConfigDict) -> jax.Array:
                                   diffusion_config.num_scales)
 
 
-def _eps_channels(model_fn: ModelFn, x: jax.Array, t: jax.Array) -> jax.Array:
-  """The eps prediction: the first C channels of the output (all of them unless the model
-  also learns its variance)."""
-  return model_fn(x, t)[..., :x.shape[-1]]
-
-
 def _continuous_eps(model_fn: ModelFn, x: jax.Array, t: jax.Array) -> jax.Array:
-  """The noise prediction of a continuous-time model, called at t * SDE_TIME_SCALE."""
-  return _eps_channels(model_fn, x, t * SDE_TIME_SCALE)
+  """The noise prediction of a continuous-time model, called at t * SDE_TIME_SCALE (the first
+  C channels of its output)."""
+  return model_fn(x, t * SDE_TIME_SCALE)[..., :x.shape[-1]]
 
 
 def continuous_score_fn(diffusion_config: ml_collections.ConfigDict,
                         model_fn: ModelFn) -> sde_lib.ScoreFn:
-  """score(x, t) for t in [eps, 1] of a "ddpm" or "sde_dsm" model (Song et al. 2021, eq. 28).
-
-  "sde_dsm": -model(x, t * 999) / sigma_t. "ddpm" (eps prediction): the discrete bridge
-  `sde.score_from_eps(model_fn, VPSDE(N=T), schedule=schedule)`.
-  """
+  """score(x, t) = -model(x, t * 999) / sigma_t of an "sde_dsm" model, t in [eps, 1]
+  (Song et al. 2021, eq. 28)."""
   sde = sde_from_config(diffusion_config)
-  if diffusion_config.objective == "sde_dsm":
-    return sde_lib.score_from_eps(jax.tree_util.Partial(_continuous_eps, model_fn), sde)
-  if diffusion_config.prediction != "eps":
-    raise ValueError(f"config.diffusion.prediction={diffusion_config.prediction!r}: the SDE "
-                     "samplers need an eps-prediction model ('eps').")
-  return sde_lib.score_from_eps(jax.tree_util.Partial(_eps_channels, model_fn), sde,
-                                schedule=schedule_from_config(diffusion_config))
+  return sde_lib.score_from_eps(jax.tree_util.Partial(_continuous_eps, model_fn), sde)
 
 
 def sigma_index(sigmas: jax.Array, sigma: jax.Array) -> jax.Array:

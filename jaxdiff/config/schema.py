@@ -16,28 +16,64 @@ import ml_collections
 from ml_collections import config_dict
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """Returns the locked schema with defaults (Ho et al.'s DDPM training recipe)."""
-  config = ml_collections.ConfigDict()
+MODEL_NAMES = ("unet", "dit")
 
-  # Keyword arguments of jaxdiff.models.UNet, so that UNet(**config.model) builds it.
-  config.model = ml_collections.ConfigDict(dict(
-      out_channels=config_dict.placeholder(int),
-      base_channels=128,
-      channel_mult=(1, 2, 2, 2),
-      num_res_blocks=2,
-      attention_resolutions=(16,),
-      num_heads=1,
-      num_head_channels=config_dict.placeholder(int),
-      dropout=0.1,
-      use_scale_shift_norm=False,
-      resblock_updown=False,
-      num_classes=config_dict.placeholder(int),
-      learn_sigma=False,
-      num_groups=32,
-      dtype="float32",
-      remat=False,
-  ))
+
+def model_config(name: str = "unet") -> ml_collections.ConfigDict:
+  """The `config.model` section of the model called `name`, with its defaults.
+
+  `name` is "unet" (jaxdiff.models.UNet, the default) or "dit" (jaxdiff.models.DiT); the
+  other fields are exactly that module's keyword arguments. Locked, so a config file
+  swaps models with `config.model = model_config("dit")` and then only updates fields. `name` is also a Flax Module
+  field (the module's name, which leaves a top-level module's variables unchanged), so
+  `UNet(**config.model)` and `DiT(**config.model)` build the model as they stand.
+  """
+  if name == "unet":
+    section = ml_collections.ConfigDict(dict(
+        name="unet",
+        out_channels=config_dict.placeholder(int),
+        base_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(16,),
+        num_heads=1,
+        num_head_channels=config_dict.placeholder(int),
+        dropout=0.1,
+        use_scale_shift_norm=False,
+        resblock_updown=False,
+        num_classes=config_dict.placeholder(int),
+        learn_sigma=False,
+        num_groups=32,
+        dtype="float32",
+        remat=False,
+    ))
+  elif name == "dit":  # DiT-S/2 (Peebles & Xie 2023, Table 4).
+    section = ml_collections.ConfigDict(dict(
+        name="dit",
+        patch_size=2,
+        hidden_size=384,
+        depth=12,
+        num_heads=6,
+        mlp_ratio=4.0,
+        out_channels=config_dict.placeholder(int),
+        num_classes=config_dict.placeholder(int),
+        learn_sigma=False,
+        dtype="float32",
+        remat=False,
+    ))
+  else:
+    raise ValueError(f"config.model.name={name!r} is not one of {MODEL_NAMES}.")
+  section.lock()
+  return section
+
+
+def base_config(model: str = "unet") -> ml_collections.ConfigDict:
+  """Returns the locked schema with defaults (Ho et al.'s DDPM training recipe).
+
+  `model` picks the `config.model` section (`model_config`): "unet" or "dit".
+  """
+  config = ml_collections.ConfigDict()
+  config.model = model_config(model)
 
   config.diffusion = ml_collections.ConfigDict(dict(
       schedule="linear",
@@ -145,7 +181,12 @@ def _merge(target: ml_collections.ConfigDict, values: dict[str, Any], path: str)
 
 
 def config_from_json(text: str) -> ml_collections.ConfigDict:
-  """Rebuilds a config saved with `config.to_json()` (tuples restored from the schema)."""
-  config = base_config()
-  _merge(config, json.loads(text), "")
+  """Rebuilds a config saved with `config.to_json()` (tuples restored from the schema).
+
+  The model section follows its saved `name` ("unet" when absent, as in configs saved
+  before DiT existed).
+  """
+  values = json.loads(text)
+  config = base_config(model=values.get("model", {}).get("name", "unet"))
+  _merge(config, values, "")
   return config

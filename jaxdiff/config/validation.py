@@ -17,7 +17,7 @@ import ml_collections
 
 from jaxdiff import diffusion, losses, schedules
 from jaxdiff.config import objectives, sampling
-from jaxdiff.config.schema import base_config
+from jaxdiff.config.schema import MODEL_NAMES, base_config, model_config
 from jaxdiff.evaluation import METRICS
 
 _CHOICES = {
@@ -75,6 +75,21 @@ def _check_keys(config: Any, schema: Any, path: str) -> None:
       _check_keys(config[key], value, f"{path}.{key}")
 
 
+def _check_model_name(config: ml_collections.ConfigDict) -> None:
+  """config.model.name is a known model and the section holds that model's fields."""
+  name = config.model.get("name") if "model" in config else None
+  if name not in MODEL_NAMES:
+    raise ValueError(f"config.model.name={name!r} is not one of {MODEL_NAMES}.")
+  expected = set(model_config(name).keys())
+  if set(config.model.keys()) != expected:
+    other = [n for n in MODEL_NAMES if set(model_config(n).keys()) == set(config.model.keys())]
+    hint = (f"; it holds the fields of {other[0]!r}: start from "
+            f"jaxdiff.config.schema.base_config(model={name!r}) instead of setting the name"
+            if other else "")
+    raise ValueError(f"config.model.name={name!r} expects the fields "
+                     f"{', '.join(sorted(expected))}{hint}.")
+
+
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
   """Raises ConfigError naming the bad field when `config` cannot be trained as given.
 
@@ -82,7 +97,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   batch and sample count being divisible by `num_devices`, and the consistency of learned
   variance and class conditioning. Cheap: call it before building or compiling anything.
   """
-  _check_keys(config, base_config(), "")
+  _check_model_name(config)
+  _check_keys(config, base_config(model=config.model.name), "")
   for (section, field), choices in _CHOICES.items():
     value = config[section][field]
     if value not in choices:
@@ -148,8 +164,7 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
   if not 0.0 < config.diffusion.sde_eps < 1.0:
     raise ConfigError(f"config.diffusion.sde_eps={config.diffusion.sde_eps}; expected (0, 1).")
   try:
-    sampling.check_fits(config.sample.sampler, config.diffusion,
-                                 num_steps=config.sample.num_steps)
+    sampling.check_fits(config.sample.sampler, config, num_steps=config.sample.num_steps)
   except ValueError as e:
     raise ConfigError(f"config.sample.sampler={config.sample.sampler!r}: {e}.") from None
   num_steps = config.sample.num_steps

@@ -328,7 +328,7 @@ def load_workdir(workdir: str | os.PathLike, *, step: int | None = None,
     sharding: where every array goes; default: replicated on the first local device.
 
   Returns `(config, restored)`; sample with `restored.state.ema_params` and
-  `UNet(**config.model)`.
+  `jaxdiff.config.builders.build_model(config)` (`UNet(**config.model)` for a U-Net run).
   """
   config = read_config(workdir)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -1,21 +1,25 @@
 """Shared plumbing of the command-line tools (`sample.py`, `python -m jaxdiff.evaluate`).
 
 User errors are raised as :class:`CliError` and printed as one line, without a traceback.
-Output destinations are checked before any compute (`check_output_dir`,
+Output destinations are checked before any compute (`check_writable_dir`,
 `check_output_file`), so that an unwritable place fails at once, not after the work.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from typing import Any
 
 import ml_collections
+import numpy as np
 
-from jaxdiff import parallel
-from jaxdiff.job import checkpoints
+from jaxdiff import images, parallel
+from jaxdiff.config import builders, sampling, schema
+from jaxdiff.job import checkpoints, generation
+from jaxdiff.models import diffusers_scheduler, pretrained
 
 
 class CliError(Exception):
@@ -59,19 +63,153 @@ def unwritable_reason(directory: str | os.PathLike) -> str | None:
   return None
 
 
-def check_output_dir(directory: str | os.PathLike, *, flag: str) -> None:
-  """Raises CliError naming `flag` when files cannot be written into `directory`."""
-  reason = unwritable_reason(directory)
+def check_writable_dir(path: str | os.PathLike, *, flag: str) -> None:
+  """Raises CliError naming `flag` unless files can be written into the directory `path`
+  (created when missing), checked before any compute is spent."""
+  reason = unwritable_reason(path)
   if reason:
-    raise CliError(f"{flag} {os.fspath(directory)!r} is not writable ({reason})")
+    raise CliError(f"{flag} {os.fspath(path)!r} is not a writable directory ({reason})")
 
 
 def check_output_file(path: str | os.PathLike, *, flag: str) -> None:
   """Raises CliError naming `flag` when the file `path` cannot be written (its folder is
-  not writable, or it is a folder)."""
+  not writable, or it is a folder or a read-only file)."""
   path = os.fspath(path)
   if os.path.isdir(path):
     raise CliError(f"{flag} {path!r} is a directory; expected a file path")
   if os.path.exists(path) and not os.access(path, os.W_OK):
     raise CliError(f"{flag} {path!r} is not writable (a read-only file)")
-  check_output_dir(os.path.dirname(os.path.abspath(path)), flag=flag)
+  check_writable_dir(os.path.dirname(os.path.abspath(path)), flag=flag)
+
+
+def parse_labels(text: str | None, *, num_classes: int | None,
+                 num_samples: int) -> np.ndarray | None:
+  """int32 labels [num_samples] cycling ``text`` ("3,5") or 0..K-1 for a class-conditional
+  model; None for an unconditional one (where ``text`` is an error)."""
+  if num_classes is None:
+    if text is not None:
+      raise CliError(f"--labels {text!r} given, but the model is unconditional "
+                     f"(config.model.num_classes is None)")
+    return None
+  wanted = None
+  if text is not None:
+    try:
+      wanted = np.array([int(v) for v in text.split(",")])
+    except ValueError:
+      raise CliError(f"--labels {text!r}: expected comma-separated integers") from None
+    bad = wanted[(wanted < 0) | (wanted >= num_classes)]
+    if bad.size:
+      raise CliError(f"--labels: class {int(bad[0])} does not exist; the model has "
+                     f"{num_classes} classes (0..{num_classes - 1})")
+  return generation.cycled_labels(num_classes, num_samples, wanted)
+
+
+def _load_image(path: str, flag: str, *, channels: int, size: tuple[int, int]) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise CliError(f"{flag}: no file at {path!r}")
+  image = images.load_png(path, channels=channels)
+  if image.shape[:2] != size:
+    raise CliError(f"{flag} {path!r} is {image.shape[0]}x{image.shape[1]}; expected "
+                   f"{size[0]}x{size[1]}, the model's image size")
+  return image
+
+
+def load_guide(image_path: str | None, mask_path: str | None, image_shape: tuple[int, int, int]
+               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """--image as [H, W, C] floats in [-1, 1] and --mask as [1, H, W, 1] bools (white = keep)."""
+  if mask_path is not None and image_path is None:
+    raise CliError("--mask needs --image, the picture to inpaint")
+  size, channels = image_shape[:2], image_shape[2]
+  guide = mask = None
+  if image_path is not None:
+    guide = images.from_uint8(_load_image(image_path, "--image", channels=channels, size=size))
+  if mask_path is not None:
+    mask = (_load_image(mask_path, "--mask", channels=1, size=size) >= 128)[None]
+  return guide, mask
+
+
+def load_pretrained_run(directory: str) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
+  """A diffusers UNet2DModel folder as a run: (config, module, params, schedule).
+
+  The schedule, prediction, variance and clipping come from its scheduler config (in the
+  folder or ../scheduler/); the config's data section gets the model's sample size and
+  channels, so that the generation path and evaluation treat it like a trained run.
+  """
+  try:
+    module, variables = pretrained.load_pretrained(directory)
+    found = diffusers_scheduler.find_scheduler_config(directory)
+    if found is None:
+      raise ValueError(f"no scheduler_config.json in {directory!r} or ../scheduler/ beside it")
+    model_config, scheduler_config = (_read_json(path) for path in (
+        os.path.join(directory, "config.json"), found))
+    schedule, options = diffusers_scheduler.schedule_from_scheduler_config(scheduler_config)
+  except (OSError, ValueError) as e:
+    raise CliError(f"--pretrained: {e}") from None
+  if model_config.get("_class_name") != "UNet2DModel":
+    raise CliError(f"--pretrained {directory!r} holds a {model_config.get('_class_name')}; "
+                   "sampling needs a UNet2DModel folder")
+  config = schema.base_config()
+  config.data.update(image_size=model_config.get("sample_size", 32),
+                     channels=model_config.get("in_channels", 3))
+  config.diffusion.update(num_timesteps=schedule.num_timesteps,
+                          prediction=options["prediction"], variance=options["variance"])
+  config.model.update(learn_sigma=options["variance"].startswith("learned"),
+                      num_classes=module.num_class_embeds)
+  config.sample.update(sampler="ddim", clip_denoised=options["clip_denoised"])
+  return config, module, variables["params"], schedule
+
+
+def load_model(args: argparse.Namespace, mesh: Any) -> tuple:
+  """(config, model, params, process, step label) of a tool's --workdir (with --step and
+  --ema) or --pretrained; process is None for a run (its config names it)."""
+  if getattr(args, "pretrained", None) is not None:
+    config, model, params, process = load_pretrained_run(args.pretrained)
+    return config, model, params, process, "pretrained"
+  config, restored = load_run(args.workdir, step=args.step, mesh=mesh)
+  params = restored.state.ema_params if args.ema else restored.state.params
+  return config, builders.build_model(config), params, None, restored.step
+
+
+def _read_json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def _runner_options(args: argparse.Namespace) -> dict:
+  """The runner options of a command line: DDIM's eta, RePaint's jumps."""
+  eta = args.eta is not None and sampling.SAMPLERS[args.sampler].sampler == "ddim"
+  repaint = dict(jump_length=args.jump_length, resample_count=args.resample_count)
+  return {**({"eta": args.eta} if eta else {}), **(repaint if args.mask else {})}
+
+
+def sampling_request(args: argparse.Namespace, config: ml_collections.ConfigDict
+                     ) -> generation.Request:
+  """The generation request of sample.py's command line over config.sample's defaults,
+  checked (missing inputs, options the sampler cannot run) before anything compiles."""
+  for name in sampling.SAMPLERS[args.sampler].inputs:
+    if getattr(args, name) is None:
+      raise CliError(f"--sampler {args.sampler} needs --{name}")
+  if args.guidance_scale is not None and config.model.num_classes is None:
+    raise CliError("--guidance_scale needs a class-conditional model; this one is "
+                   "unconditional (config.model.num_classes is None)")
+  if args.rows is not None and not 1 <= args.rows <= args.num_samples:
+    raise CliError(f"--rows must be in [1, {args.num_samples}], got {args.rows}")
+  options = _runner_options(args)
+  try:
+    sampling.check_fits(args.sampler, config, num_steps=args.num_steps,
+                        **{k: v for k, v in options.items() if k == "eta"})
+  except ValueError as e:
+    raise CliError(f"--sampler {args.sampler}: {e}") from None
+  guide, mask = load_guide(args.image, args.mask, (config.data.image_size,) * 2
+                           + (config.data.channels,))
+  return generation.request_from_config(
+      config, num_samples=args.num_samples,
+      batch_size=min(args.batch_size or 256, args.num_samples), sampler=args.sampler,
+      num_steps=args.num_steps, image=guide, mask=mask, strength=args.strength,
+      threshold=args.dynamic_threshold,
+      labels=parse_labels(args.labels, num_classes=config.model.num_classes,
+                          num_samples=args.num_samples),
+      guidance_scale=config.sample.guidance_scale if args.guidance_scale is None
+      else args.guidance_scale,
+      clip_denoised=config.sample.clip_denoised and not args.no_clip,
+      options=tuple(options.items()))

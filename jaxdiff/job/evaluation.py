@@ -21,9 +21,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
-from jaxdiff import images, parallel
+from jaxdiff import images
 from jaxdiff.config import objectives
 from jaxdiff.evaluation import bpd as bpd_lib
 from jaxdiff.evaluation import METRICS, frechet, inception
@@ -123,35 +122,33 @@ def fid_and_inception_score(reference: InceptionReference, images: np.ndarray, *
 
 
 def generate_samples(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
-                     rng: jax.Array, *, num_samples: int, batch_size: int,
-                     mesh: Optional[jax.sharding.Mesh] = None) -> np.ndarray:
-  """`num_samples` images [N, H, W, C] in [-1, 1] with `config.sample`'s sampler, in batches
-  of `batch_size` (rounded up to a multiple of the device count) sharded over `mesh`; batch i uses
-  `fold_in(rng, i)`. Images are quantized to 8 bits, as saved samples are."""
-  mesh = parallel.make_mesh() if mesh is None else mesh
+                     key: jax.Array, *, num_samples: int, batch_size: int,
+                     mesh: Optional[jax.sharding.Mesh] = None,
+                     process: Any = None) -> np.ndarray:
+  """`num_samples` images [N, H, W, C] in [-1, 1] with `config.sample`'s sampler from the one
+  generation path (`generation.sample_batches`: sample.py with the same seed and batch size
+  draws the same images), quantized to 8 bits as saved samples are."""
   if num_samples < 1 or batch_size < 1:
     raise ValueError(f"generate_samples: num_samples and batch_size must be >= 1, got "
                      f"{num_samples} and {batch_size}")
-  batch_size = -(-batch_size // mesh.size) * mesh.size
-  batch_config = config.copy_and_resolve_references()
-  batch_config.sample.num_samples = batch_size
-  batches = []
-  for index in range(-(-num_samples // batch_size)):
-    batches.append(np.asarray(multihost_utils.process_allgather(generation.sample_images(
-        batch_config, model, params, jax.random.fold_in(rng, index),
-        sharding=parallel.batch_sharding(mesh)), tiled=True)))
-  return images.from_uint8(images.to_uint8(np.concatenate(batches)[:num_samples]))
+  request = generation.request_from_config(config, num_samples=num_samples,
+                                           batch_size=batch_size)
+  samples = generation.sample_batches(config, model, params, key, request, mesh=mesh,
+                                      process=process)
+  return images.from_uint8(images.to_uint8(samples))
 
 
 def evaluate_bpd(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
                  rng: jax.Array, *, split: Optional[str] = None,
                  max_examples: Optional[int] = None, batch_size: int = 64,
-                 mesh: Optional[jax.sharding.Mesh] = None,
-                 on_batch: Optional[Any] = None) -> bpd_lib.BpdResult:
-  """`bpd.dataset_bpd` of a data split under `model` with `params` (unconditional call)."""
+                 mesh: Optional[jax.sharding.Mesh] = None, on_batch: Optional[Any] = None,
+                 schedule: Any = None) -> bpd_lib.BpdResult:
+  """`bpd.dataset_bpd` of a data split under `model` with `params` (unconditional call), on
+  the run's schedule or the given one (an imported model's)."""
   images, _ = load_images(config.data, split=split, max_examples=max_examples)
+  schedule = objectives.schedule_from_config(config.diffusion) if schedule is None else schedule
   return bpd_lib.dataset_bpd(
-      model.apply, {"params": params}, objectives.schedule_from_config(config.diffusion),
+      model.apply, {"params": params}, schedule,
       images, rng=rng, batch_size=batch_size, mesh=mesh, on_batch=on_batch,
       prediction=config.diffusion.prediction, variance=config.diffusion.variance)
 
@@ -178,7 +175,7 @@ def evaluate_during_training(config: ml_collections.ConfigDict, model: nn.Module
     raise ValueError("metric 'fid' needs inception_weights, the .npz of the FID Inception "
                      "weights (see jaxdiff.evaluation.inception)")
   cache_dir = cache_dir or default_cache_dir()
-  bpd_key, sample_key = jax.random.split(rng)
+  bpd_key, sample_key = jax.random.fold_in(rng, 1), rng
   results: dict[str, float] = {}
   if "bpd" in metrics:
     result = evaluate_bpd(config, model, params, bpd_key, split=bpd_split,

@@ -1,15 +1,32 @@
-"""Sampling images from a trained model as `config.sample` and `config.diffusion` describe."""
+"""The one generation path: images from a trained model, for sample.py, the trainer's sample
+grids and evaluation alike, so that a key gives the same images everywhere.
 
+`sample_batches(config, model, params, key, request, mesh=...)` draws
+`request.num_samples` images in batches of `request.batch_size` (rounded up to a multiple of
+the device count) sharded over the mesh: batch i uses `fold_in(key, i)` for its starting
+noise and its chain; class labels cycle 0, 1, ..., K - 1 over the sample index. The model
+becomes the run's denoiser (`jaxdiff.config.objectives.denoiser_from_config`) with
+classifier-free guidance, the x0 maps (clipping, dynamic thresholding) and the sampler of
+the table `jaxdiff.config.sampling.SAMPLERS`, with inpainting or SDEdit from a guide image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import linen as nn
+from jax.experimental import multihost_utils
 
-from jaxdiff import samplers
-from jaxdiff.config import sampling
+from jaxdiff import parallel, samplers, sde_samplers
+from jaxdiff.config import builders, objectives, sampling
+from jaxdiff.samplers import discrete, pc
 
 
 def _conditional(apply_fn: Callable[..., jax.Array], variables: Any, y: jax.Array,
@@ -36,34 +53,115 @@ def model_fn_for(model: nn.Module, params: Any, *, labels: jax.Array | None = No
                                            labels, guidance_scale, null_label)
 
 
-def sample_labels(config: ml_collections.ConfigDict) -> jax.Array | None:
-  """Labels 0, 1, ..., num_classes-1, 0, ... for a class-conditional model, else None."""
-  if config.model.num_classes is None:
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """What to draw. `image` ([H, W, C] in [-1, 1]) with `mask` ([1, H, W, 1], True = known)
+  inpaints, `image` alone edits (SDEdit at `strength`); `options` are more runner options."""
+  num_samples: int
+  batch_size: int
+  sampler: str
+  num_steps: Optional[int] = None
+  labels: Optional[np.ndarray] = None
+  guidance_scale: float = 1.0
+  clip_denoised: bool = True
+  threshold: Optional[float] = None
+  image: Optional[np.ndarray] = None
+  mask: Optional[np.ndarray] = None
+  strength: float = 0.5
+  options: tuple[tuple[str, Any], ...] = ()
+
+
+def cycled_labels(num_classes: Optional[int], num_samples: int,
+                  wanted: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+  """int32 labels [num_samples] cycling `wanted` (default 0, ..., K - 1); None when the model
+  is unconditional."""
+  if num_classes is None:
     return None
-  return jnp.arange(config.sample.num_samples, dtype=jnp.int32) % config.model.num_classes
+  wanted = np.arange(num_classes) if wanted is None else np.asarray(wanted)
+  return np.resize(wanted, num_samples).astype(np.int32)
 
 
-def sample_images(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
-                  rng: jax.Array,
-                  *, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
-  """`config.sample.num_samples` images [N, H, W, C] in [-1, 1] from `params`.
+def request_from_config(config: ml_collections.ConfigDict, **overrides: Any) -> Request:
+  """The request `config.sample` describes (its sampler, steps, guidance, clipping), with
+  `overrides` (e.g. num_samples, batch_size)."""
+  sample = config.sample
+  num_samples = overrides.pop("num_samples", sample.num_samples)
+  fields = dict(num_samples=num_samples, batch_size=min(num_samples, 256),
+                sampler=sample.sampler, num_steps=sample.num_steps,
+                labels=cycled_labels(config.model.num_classes, num_samples),
+                guidance_scale=sample.guidance_scale, clip_denoised=sample.clip_denoised)
+  return Request(**{**fields, **overrides})
 
-  Runs `config.sample.sampler` from the one sampler table
-  (`jaxdiff.sampling.SAMPLERS`: the discrete chains for objective "ddpm", the SDE
-  samplers for "sde_dsm", annealed Langevin dynamics for "ncsn") with `config.sample`'s
-  steps and options. With `sharding` (split over the batch axis) the chain runs on all its
-  devices.
-  """
-  sample_config = config.sample
-  shape = (sample_config.num_samples, config.data.image_size, config.data.image_size,
-           config.data.channels)
-  noise_rng, chain_rng = jax.random.split(rng)
-  x_T = jax.jit(lambda key: jax.random.normal(key, shape), out_shardings=sharding)(noise_rng)
-  model_fn = model_fn_for(model, params, labels=sample_labels(config),
-                          guidance_scale=sample_config.guidance_scale,
-                          null_label=config.model.num_classes)
-  job = sampling.Job(model_fn=model_fn, diffusion=config.diffusion, rng=chain_rng,
-                              x_T=x_T, num_steps=sample_config.num_steps,
-                              eta=sample_config.eta, clip_denoised=sample_config.clip_denoised,
-                              step_lr=sample_config.ald_step_lr)
-  return sampling.run_sampler(sample_config.sampler, job)
+
+def _denoiser(config: ml_collections.ConfigDict, model_fn: Any, request: Request,
+              process: Any) -> Any:
+  den = objectives.denoiser_from_config(config.diffusion, model_fn, process=process,
+                                        learned_variance=bool(config.model.learn_sigma))
+  threshold = None if request.threshold is None else jax.tree_util.Partial(
+      samplers.dynamic_threshold, percentile=request.threshold)
+  return discrete.data_range_maps(den, clip_denoised=request.clip_denoised, x0_fn=threshold,
+                                  ancestral=sampling.SAMPLERS[request.sampler].sampler == "ddpm")
+
+
+def _guide_inputs(request: Request, shape: tuple[int, ...],
+                  sharding: jax.sharding.Sharding) -> dict[str, Any]:
+  """The runner's inpainting (known, mask) or SDEdit (start, strength) arguments."""
+  if request.image is None:
+    return {}
+  image = jax.device_put(np.broadcast_to(request.image, shape).astype(np.float32), sharding)
+  if request.mask is not None:
+    return {"known": image, "mask": jnp.asarray(request.mask)}
+  return {"start": image, "strength": request.strength}
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "sharding"))
+def _prior_noise(key: jax.Array, scale: Any, *, shape: tuple[int, ...],
+                 sharding: jax.sharding.Sharding) -> jax.Array:
+  """scale * N(0, I) of `shape`, laid out as `sharding` says."""
+  noise = scale * jax.random.normal(key, shape)
+  return jax.lax.with_sharding_constraint(noise, sharding)
+
+
+def _one_batch(config: ml_collections.ConfigDict, den: Any, key: jax.Array, request: Request,
+               sharding: jax.sharding.Sharding, shape: tuple[int, ...]) -> jax.Array:
+  """One batch from `key`: x_T = prior_std * N(0, I) on the devices, then the sampler."""
+  noise_key, chain_key = jax.random.split(key)
+  process = den.process
+  x_T = _prior_noise(noise_key, process.prior_std, shape=shape, sharding=sharding)
+  entry = sampling.SAMPLERS[request.sampler]
+  if entry.sampler == "ode":
+    return sde_samplers.probability_flow_sampler(
+        pc.score_fn_of(den), process, chain_key, shape, solver="tsit5", rtol=1e-3, atol=1e-3,
+        x_T=x_T, eps=process.t_min)[0]
+  options = {**sampling.default_options(request.sampler, config), **dict(request.options)}
+  return samplers.sample(den, chain_key, x_T=x_T, sampler=entry.sampler,
+                         **sampling.grid_request(request.sampler, config, request.num_steps),
+                         **_guide_inputs(request, shape, sharding), **options)
+
+
+def sample_batches(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
+                   key: jax.Array, request: Request, *, mesh: Optional[jax.sharding.Mesh] = None,
+                   on_batch: Optional[Callable[[int, int], None]] = None,
+                   process: Any = None) -> np.ndarray:
+  """`request.num_samples` images [N, H, W, C] in [-1, 1] (module docstring), on every
+  process. `on_batch(done, total)` is called after each batch (progress reports); `process`
+  overrides the run's noise process (an imported model's schedule)."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  sharding = parallel.batch_sharding(mesh)
+  batch_size = -(-request.batch_size // mesh.size) * mesh.size
+  shape = (batch_size,) + builders.image_shape(config)
+  num_batches = -(-request.num_samples // batch_size)
+  outputs = []
+  for index in range(num_batches):
+    labels = None
+    if request.labels is not None:
+      rows = np.resize(request.labels[index * batch_size:(index + 1) * batch_size], batch_size)
+      labels = jax.device_put(rows.astype(np.int32), sharding)
+    model_fn = model_fn_for(model, params, labels=labels, guidance_scale=request.guidance_scale,
+                            null_label=config.model.num_classes)
+    batch = _one_batch(config, _denoiser(config, model_fn, request, process),
+                       jax.random.fold_in(key, index), request, sharding, shape)
+    outputs.append(np.asarray(multihost_utils.process_allgather(batch, tiled=True)))
+    if on_batch is not None:
+      on_batch(index + 1, num_batches)
+  return np.concatenate(outputs)[:request.num_samples]

@@ -45,7 +45,6 @@ import numpy as np
 import optax
 import tqdm
 from etils import epath
-from jax.experimental import multihost_utils
 
 from jaxdiff import data, images, parallel
 from jaxdiff.config import builders, objectives, validation
@@ -178,10 +177,10 @@ def _check_preemption(run: _Run, step: int) -> None:
 def _save_samples(run: _Run, step: int) -> None:
   """An EMA sample grid with `config.sample`'s sampler: samples/step_<step>.png."""
   sample_rng = jax.random.PRNGKey(run.config.sample.seed)  # Grids at step s: fold_in(., s).
-  samples = generation.sample_images(run.config, run.model, run.state.ema_params,
-                                     jax.random.fold_in(sample_rng, step),
-                                     sharding=run.batch_sharding)
-  samples = multihost_utils.process_allgather(samples, tiled=True)
+  samples = generation.sample_batches(run.config, run.model, run.state.ema_params,
+                                      jax.random.fold_in(sample_rng, step),
+                                      generation.request_from_config(run.config),
+                                      mesh=run.mesh)
   if jax.process_index() == 0:
     grid = images.save_grid(os.fspath(run.workdir / "samples" / f"step_{step:08d}.png"),
                             images.to_uint8(samples))

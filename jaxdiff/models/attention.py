@@ -66,16 +66,34 @@ class AttentionBlock(nn.Module):
         channels, num_heads=self.num_heads, num_head_channels=self.num_head_channels
     )
     h = group_norm(x, num_groups=self.num_groups, name="norm")
-    h = h.reshape(batch, height * width, channels)
-    q, k, v = (
-        nn.DenseGeneral(
-            (heads, channels // heads), dtype=self.dtype, kernel_init=default_init,
-            name=name,
-        )(h)
-        for name in ("q", "k", "v")
+    out = self_attention(
+        h.reshape(batch, height * width, channels), heads=heads, dtype=self.dtype,
+        implementation=self.implementation, out_init=zero_init,
     )
-    out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
-    out = nn.DenseGeneral(
-        channels, axis=(-2, -1), dtype=self.dtype, kernel_init=zero_init, name="proj_out"
-    )(out)
     return x.astype(jnp.float32) + out.reshape(batch, height, width, channels)
+
+
+def self_attention(
+    h: jax.Array, *, heads: int, dtype: DTypeLike,
+    implementation: Literal["xla", "cudnn"] | None = None,
+    kernel_init: nn.initializers.Initializer = default_init,
+    out_init: nn.initializers.Initializer = default_init,
+) -> jax.Array:
+  """Multi-head scaled dot-product self-attention over tokens (Vaswani et al. 2017, Eq. 1).
+
+  ``softmax(q k^T / sqrt(d)) v`` per head, with ``q, k, v`` dense projections (with
+  bias) of ``h [B, N, C]`` into ``heads`` heads of ``C // heads`` channels, then a dense
+  output projection back to ``C``. Must be called inside a compact Flax module: the
+  projections are its submodules ``q``, ``k``, ``v`` and ``proj_out``.
+  """
+  channels = h.shape[-1]
+  q, k, v = (
+      nn.DenseGeneral(
+          (heads, channels // heads), dtype=dtype, kernel_init=kernel_init, name=name,
+      )(h)
+      for name in ("q", "k", "v")
+  )
+  out = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  return nn.DenseGeneral(
+      channels, axis=(-2, -1), dtype=dtype, kernel_init=out_init, name="proj_out"
+  )(out)

@@ -1,44 +1,40 @@
-"""Discrete-time samplers: DDPM, DDIM and inversion, guidance, inpainting, SDEdit.
+"""Samplers: one chain runner over one table of step functions, for every noise process.
 
-Every sampler is a pure function that runs its whole chain as one ``jax.lax.scan`` over
-one step function inside one ``jax.jit``; it calls ``model_fn(x_t, t)`` with int32 [B]
-*original* timesteps of the schedule passed in, also when it runs on a respaced chain.
+``sample(denoiser, rng, shape, sampler=NAME, ...)`` runs any sampler of ``SAMPLERS`` on a
+denoiser (`jaxdiff.denoisers.make_denoiser(model_fn, process, prediction=...)`) of any
+process (a discrete `Schedule`, an SDE of `jaxdiff.sde`, `jaxdiff.processes.EDMProcess`):
 
-Compilation: a second call with the same shapes and options reuses the compiled program
-when ``model_fn`` is the same Python object, or a ``jax.tree_util.Partial`` of the same
-function whose array arguments may change::
+- ``ddpm``: ancestral sampling (Ho et al. 2020, Algorithm 2); ``ddim``: DDIM (Song et al.
+  2021, eq. 12, any eta); ``dpm_solver_pp_2m``: DPM-Solver++(2M) (Lu et al. 2022b);
+  ``edm_heun``: EDM's Heun sampler (Karras et al. 2022, Algorithms 1 and 2); ``pc``:
+  predictor-corrector (Song et al. 2021, Algorithm 1); ``ald``: annealed Langevin dynamics
+  (Song & Ermon 2019); ``euler``, ``heun``, ``midpoint``: fixed-step solvers of the
+  probability-flow ODE (Song et al. 2021, eq. 13).
 
-    model_fn = jax.tree_util.Partial(apply_eps, params)   # apply_eps(params, x, t)
-    x = samplers.ddpm(model_fn, schedule, rng, (16, 32, 32, 3))   # compiles
-    x = samplers.ddpm(jax.tree_util.Partial(apply_eps, new_params), schedule, rng2,
-                      (16, 32, 32, 3))                             # reuses it
+Every sampler accepts ``num_steps``, an explicit grid (``timesteps`` of a Schedule,
+``times`` of the process, or EDM ``sigmas``), inpainting (``known``, ``mask``, RePaint's
+``jump_length`` / ``resample_count``), SDEdit (``start``, ``strength``) and trajectories;
+denoiser wrappers (`jaxdiff.denoisers.clip`, ``map_x0`` with ``dynamic_threshold``,
+``classifier_guidance``) and model wrappers (``classifier_free_guidance``) compose with all
+of them. The whole chain is one ``lax.scan`` in one ``jax.jit``; a new parameter set (a
+``jax.tree_util.Partial(apply_fn, params)`` model) reuses the compiled program, and every
+sampler also runs inside a caller's own jit. A batch-sharded ``x_T`` runs sharded.
 
-Arrays inside a Partial are traced arguments; other leaves (functions, Python numbers)
-are static, so functions are matched by identity: a new lambda, closure or
-``functools.partial`` per call recompiles, with closed-over arrays baked in as constants
-(and kept alive by jax's compilation cache). DDIM's ``eta`` and the guidance scales and
-labels are traced, so sweeping them does not recompile; shapes, ``num_steps``,
-``timesteps`` and the string/bool options are static. ``num_steps``/``timesteps`` of the
-ancestral samplers respace the schedule with NumPy, so there the schedule must be
-concrete (a closure constant, not a traced argument of an outer jit).
-
-Options shared by the samplers: ``prediction`` ("eps" | "x0" | "v" | "mean"),
-``variance`` (see :func:`jaxdiff.diffusion.p_mean_variance`), ``clip_denoised`` (static
-clip of the predicted x_0 to [-1, 1]), ``denoised_fn`` (e.g. :func:`dynamic_threshold`)
-and ``cond_fn`` (:func:`classifier_guidance`).
-
-Sharding: pass ``x_T`` (or ``x_known`` / ``x0``) sharded over its batch axis and the
-chain runs sharded over those devices, giving the same samples as on one device.
+The DESIGN.md functions ``ddpm``, ``ddim``, ``ddim_invert``, ``inpaint`` and ``sdedit``
+take ``model_fn(x_t, t)`` (int32 [B] original timesteps) and a schedule; see
+`jaxdiff.samplers.discrete`.
 """
 
-from jaxdiff.samplers.ancestral import ddpm
-from jaxdiff.samplers.ddim import ddim, ddim_invert
+from jaxdiff.samplers.discrete import ddim, ddim_invert, ddpm, inpaint, sdedit
+from jaxdiff.samplers.grids import GRID_KINDS, karras_sigmas
 from jaxdiff.samplers.guidance import classifier_free_guidance, classifier_guidance
-from jaxdiff.samplers.inpainting import inpaint
-from jaxdiff.samplers.sdedit import sdedit
+from jaxdiff.samplers.runner import sample
+from jaxdiff.samplers.table import SAMPLERS
 from jaxdiff.samplers.thresholding import dynamic_threshold
 
 __all__ = [
+    "GRID_KINDS",
+    "SAMPLERS",
     "classifier_free_guidance",
     "classifier_guidance",
     "ddim",
@@ -46,5 +42,7 @@ __all__ = [
     "ddpm",
     "dynamic_threshold",
     "inpaint",
+    "karras_sigmas",
+    "sample",
     "sdedit",
 ]

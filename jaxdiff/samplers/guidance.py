@@ -12,9 +12,6 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from jaxdiff import diffusion
-from jaxdiff.schedules import Schedule
-
 Array = Any
 
 
@@ -91,20 +88,11 @@ def classifier_guidance(log_prob_fn: Callable[[Array, Array], Array],
     scale: the gradient scale s.
 
   Returns:
-    ``cond_fn(x_t, t) = s * grad_{x_t} log p(y | x_t, t)``, for the samplers' ``cond_fn=``:
-    ancestral samplers shift the mean by variance * cond_fn (:func:`condition_mean`), DDIM
-    shifts eps by -sqrt(1 - alpha-bar_t) * cond_fn (:func:`condition_eps`).
+    ``cond_fn(x_t, t) = s * grad_{x_t} log p(y | x_t, t)``: for any sampler through
+    ``jaxdiff.denoisers.classifier_guidance(denoiser, cond_fn)`` (eps - sigma_t cond_fn,
+    Algorithm 2), or for the ancestral sampler as its ``mean_shift_fn`` option (the mean
+    moves by variance * cond_fn, Algorithm 1; ``samplers.ddpm(..., cond_fn=)``).
   """
   if not callable(log_prob_fn):
     raise ValueError(f"log_prob_fn must be callable, got {type(log_prob_fn).__name__}")
   return jax.tree_util.Partial(_scaled_grad, log_prob_fn, jnp.asarray(scale))
-
-
-def condition_mean(mean: Array, variance: Array, grad: Array) -> Array:
-  """mu + Sigma * s grad log p(y | x_t); Dhariwal & Nichol 2021, Algorithm 1."""
-  return mean + variance * grad
-
-
-def condition_eps(schedule: Schedule, eps: Array, t: Array, grad: Array) -> Array:
-  """eps - sqrt(1 - alpha-bar_t) s grad log p(y | x_t); Dhariwal & Nichol 2021, Algorithm 2."""
-  return eps - diffusion.extract(schedule.sqrt_one_minus_alphas_cumprod, t, eps.shape) * grad

@@ -1,19 +1,26 @@
-"""Closed-form denoisers for Gaussian and Gaussian-mixture data (shared test helpers).
+"""Exact targets for testing diffusion samplers and models: closed-form denoisers and laws.
 
-For data x_0 ~ sum_k pi_k N(mu_k, Sigma_k) and x_t = sqrt(a) x_0 + sqrt(1 - a) eps
-(Ho et al. 2020, eq. 4; a = alpha-bar_t), each component's noisy marginal is
-N(sqrt(a) mu_k, S_k) with S_k = a Sigma_k + (1 - a) I, and since Cov(eps, x_t) =
-sqrt(1 - a) I the exact eps-prediction is
+For data that is a mixture of Gaussians, x_0 ~ sum_k pi_k N(mu_k, Sigma_k), and any noise
+process x_t = alpha_t x_0 + sigma_t eps (`jaxdiff.processes`), every quantity a model is
+trained to predict is closed form. Component k's noisy marginal is N(alpha mu_k, S_k) with
+S_k = alpha^2 Sigma_k + sigma^2 I, and since Cov(eps, x_t | k) = sigma I,
 
-    E[eps | x_t]         = sum_k r_k(x_t) sqrt(1 - a) S_k^{-1} (x_t - sqrt(a) mu_k),
-    r_k(x_t) = p(k | x_t) = softmax_k(log pi_k + log N(x_t; sqrt(a) mu_k, S_k)),
+    E[eps | x_t]  = sum_k r_k(x_t) sigma S_k^{-1} (x_t - alpha mu_k),
+    r_k(x_t)      = p(k | x_t) = softmax_k(log pi_k + log N(x_t; alpha mu_k, S_k)),
 
-i.e. -sqrt(1 - a) grad log p_t(x_t) (Tweedie). S_k is diagonalized once: Sigma_k =
-U_k diag(lam_k) U_k^T gives S_k^{-1} = U_k diag(1 / (a lam_k + 1 - a)) U_k^T. A Gaussian
-is the one-component case; isotropic and diagonal covariances are special cases.
+i.e. -sigma grad log p_t(x_t) (Tweedie's formula; Efron 2011), from which x0, v and the
+score follow (`to_prediction`). `model_fn(mix, process, prediction=...)` is therefore the
+Bayes-optimal model of a trained network, in every parameterization, with no training: a
+sampler that is exact must reproduce the mixture's weights, means and covariances.
 
-Data are [B, *event_shape]; covariances act on the flattened event (d = prod(event)).
-Every function here is jit-able in (x_t, t) and works for any Schedule.
+For Gaussian data (one component) the exact eps is affine in x_t, so every deterministic
+sampler is an affine map of x_T and every stochastic step adds Gaussian noise: the output of
+a whole chain is exactly Gaussian. The NumPy float64 oracles at the end compute those laws
+from the papers' equations, independently of jaxdiff (`ddpm_step_affine`, `ddim_step_affine`,
+`chain_moments`; `affine_pushforward` measures a deterministic sampler's exact law from
+dim + 1 runs; `gaussian_pf_map` is the exact probability-flow map).
+
+Arrays are [B, *event_shape]; covariances act on the flattened event (d = prod(event)).
 """
 
 from __future__ import annotations
@@ -33,8 +40,8 @@ class GaussianMixture:
   """sum_k weights[k] N(means[k], covs[k]); arrays kept in float64 NumPy."""
 
   weights: np.ndarray  # [K], positive, summing to 1
-  means: np.ndarray  # [K, *event_shape]
-  covs: np.ndarray  # [K, d, d], symmetric positive definite
+  means: np.ndarray    # [K, *event_shape]
+  covs: np.ndarray     # [K, d, d], symmetric positive definite
 
   def __post_init__(self) -> None:
     weights = np.asarray(self.weights, np.float64)
@@ -100,31 +107,45 @@ class GaussianMixture:
     return flat.reshape((num,) + self.event_shape), labels
 
 
-def _per_component(mix: GaussianMixture, schedule: Any, x_t: Array,
+def _coefficients(process: Any, t: Array, dtype: Any) -> tuple[Array, Array]:
+  """(alpha_t, sigma_t) [B] of a process (or of a ``coeffs(t)`` callable) in ``dtype``."""
+  coeffs = process.marginal_coeffs if hasattr(process, "marginal_coeffs") else process
+  alpha, sigma = coeffs(t)
+  return jnp.asarray(alpha, dtype), jnp.asarray(sigma, dtype)
+
+
+def _per_component(mix: GaussianMixture, process: Any, x_t: Array,
                    t: Array) -> tuple[Array, Array]:
-  """log N(x_t; sqrt(a) mu_k, S_k) [B, K] and E[eps | x_t, k] [B, K, d]."""
+  """log N(x_t; alpha mu_k, S_k) [B, K] and E[eps | x_t, k] [B, K, d]."""
   dtype = x_t.dtype
-  a = schedule.alphas_cumprod[t].astype(dtype)[:, None, None]  # [B, 1, 1]
+  alpha, sigma = _coefficients(process, t, dtype)
+  alpha, sigma = alpha[:, None, None], sigma[:, None, None]  # [B, 1, 1]
   x = x_t.reshape(x_t.shape[0], 1, -1)  # [B, 1, d]
   means = jnp.asarray(mix.means.reshape(len(mix.weights), -1), dtype)  # [K, d]
   eigvecs = jnp.asarray(mix.eigvecs, dtype)  # [K, d, d], columns are eigenvectors
-  s = a * jnp.asarray(mix.eigvals, dtype) + (1.0 - a)  # [B, K, d], eigenvalues of S_k
-  proj = jnp.einsum("kde,bkd->bke", eigvecs, x - jnp.sqrt(a) * means)  # U_k^T (x - m_k)
-  log_normal = -0.5 * jnp.sum(proj ** 2 / s + jnp.log(2.0 * jnp.pi * s), axis=-1)
-  eps = jnp.sqrt(1.0 - a) * jnp.einsum("kde,bke->bkd", eigvecs, proj / s)
+  s = alpha**2 * jnp.asarray(mix.eigvals, dtype) + sigma**2  # [B, K, d], eigenvalues of S_k
+  proj = jnp.einsum("kde,bkd->bke", eigvecs, x - alpha * means)  # U_k^T (x - alpha mu_k)
+  log_normal = -0.5 * jnp.sum(proj**2 / s + jnp.log(2.0 * jnp.pi * s), axis=-1)
+  eps = sigma * jnp.einsum("kde,bke->bkd", eigvecs, proj / s)
   return log_normal, eps
 
 
-def log_responsibilities(mix: GaussianMixture, schedule: Any, x_t: Array, t: Array) -> Array:
+def log_responsibilities(mix: GaussianMixture, process: Any, x_t: Array, t: Array) -> Array:
   """log p(k | x_t) [B, K]: the exact noisy-data classifier."""
-  log_normal, _ = _per_component(mix, schedule, x_t, t)
+  log_normal, _ = _per_component(mix, process, x_t, t)
   return jax.nn.log_softmax(jnp.log(jnp.asarray(mix.weights, x_t.dtype)) + log_normal, axis=-1)
 
 
-def eps(mix: GaussianMixture, schedule: Any, x_t: Array, t: Array, *,
+def log_density(mix: GaussianMixture, process: Any, x_t: Array, t: Array) -> Array:
+  """log p_t(x_t) [B], the exact density of the noisy data."""
+  log_normal, _ = _per_component(mix, process, x_t, t)
+  return jax.nn.logsumexp(jnp.log(jnp.asarray(mix.weights, x_t.dtype)) + log_normal, axis=-1)
+
+
+def eps(mix: GaussianMixture, process: Any, x_t: Array, t: Array, *,
         labels: Optional[Array] = None) -> Array:
   """E[eps | x_t] [B, *event]; with ``labels`` [B], E[eps | x_t, component = label]."""
-  log_normal, eps_k = _per_component(mix, schedule, x_t, t)
+  log_normal, eps_k = _per_component(mix, process, x_t, t)
   if labels is None:
     weights = jax.nn.softmax(jnp.log(jnp.asarray(mix.weights, x_t.dtype)) + log_normal, axis=-1)
   else:
@@ -132,64 +153,60 @@ def eps(mix: GaussianMixture, schedule: Any, x_t: Array, t: Array, *,
   return jnp.einsum("bk,bkd->bd", weights, eps_k).reshape(x_t.shape)
 
 
-def to_prediction(schedule: Any, x_t: Array, t: Array, eps_value: Array, *,
+def to_prediction(process: Any, x_t: Array, t: Array, eps_value: Array, *,
                   prediction: str) -> Array:
   """Converts an exact eps to the exact target of another parameterization.
 
-  x0: E[x_0 | x_t] = (x_t - sqrt(1 - a) eps) / sqrt(a) (eq. 4 is linear); v: sqrt(a) eps -
-  sqrt(1 - a) x0 (Salimans & Ho 2022); mean: E[x_{t-1} | x_t] = coef1 x0 + coef2 x_t
-  (Ho et al. eq. 7, linear in x_0).
+  x0: E[x_0 | x_t] = (x_t - sigma eps) / alpha (the kernel is linear); v: alpha eps -
+  sigma x0 (Salimans & Ho 2022); score: -eps / sigma (Tweedie); mean (a discrete schedule at
+  integer t): E[x_{t-1} | x_t] = coef1 x0 + coef2 x_t (Ho et al. 2020, eq. 7, linear in x0).
   """
   shape = (-1,) + (1,) * (x_t.ndim - 1)
-  a = schedule.alphas_cumprod[t].astype(x_t.dtype).reshape(shape)
-  x0 = (x_t - jnp.sqrt(1.0 - a) * eps_value) / jnp.sqrt(a)
-  if prediction == "eps":
-    return eps_value
-  if prediction == "x0":
-    return x0
-  if prediction == "v":
-    return jnp.sqrt(a) * eps_value - jnp.sqrt(1.0 - a) * x0
+  alpha, sigma = (c.reshape(shape) for c in _coefficients(process, t, x_t.dtype))
+  x0 = (x_t - sigma * eps_value) / alpha
+  targets = {"eps": lambda: eps_value, "x0": lambda: x0,
+             "v": lambda: alpha * eps_value - sigma * x0, "score": lambda: -eps_value / sigma}
   if prediction == "mean":
-    coef1 = schedule.posterior_mean_coef1[t].astype(x_t.dtype).reshape(shape)
-    coef2 = schedule.posterior_mean_coef2[t].astype(x_t.dtype).reshape(shape)
+    coef1 = process.posterior_mean_coef1[t].astype(x_t.dtype).reshape(shape)
+    coef2 = process.posterior_mean_coef2[t].astype(x_t.dtype).reshape(shape)
     return coef1 * x0 + coef2 * x_t
-  raise ValueError(f"unknown prediction {prediction!r}")
+  if prediction not in targets:
+    raise ValueError(f"unknown prediction {prediction!r}; expected one of "
+                     f"{sorted(targets) + ['mean']}")
+  return targets[prediction]()
 
 
-def model_fn(mix: GaussianMixture, schedule: Any, *,
+def model_fn(mix: GaussianMixture, process: Any, *,
              prediction: str = "eps") -> Callable[[Array, Array], Array]:
-  """The Bayes-optimal ``model_fn(x_t, t)`` for this data and parameterization."""
+  """The Bayes-optimal ``model_fn(x_t, t)`` for this data, process and parameterization."""
   def fn(x_t: Array, t: Array) -> Array:
-    return to_prediction(schedule, x_t, t, eps(mix, schedule, x_t, t), prediction=prediction)
+    return to_prediction(process, x_t, t, eps(mix, process, x_t, t), prediction=prediction)
   return fn
 
 
-def conditional_model_fn(mix: GaussianMixture, schedule: Any, *,
+def conditional_model_fn(mix: GaussianMixture, process: Any, *,
                          null_label: int) -> Callable[[Array, Array, Array], Array]:
-  """``model_fn(x_t, t, y)``: eps given component y, or unconditional where y == null_label."""
+  """``model_fn(x_t, t, y)``: eps given component y, or unconditional where y == null_label
+  (a classifier-free-guidance model trained with label dropout)."""
   def fn(x_t: Array, t: Array, y: Array) -> Array:
-    cond = eps(mix, schedule, x_t, t, labels=jnp.where(y == null_label, 0, y))
-    uncond = eps(mix, schedule, x_t, t)
+    cond = eps(mix, process, x_t, t, labels=jnp.where(y == null_label, 0, y))
+    uncond = eps(mix, process, x_t, t)
     is_null = (y == null_label).reshape((-1,) + (1,) * (x_t.ndim - 1))
     return jnp.where(is_null, uncond, cond)
   return fn
 
 
-def classifier_log_prob(mix: GaussianMixture, schedule: Any,
+def classifier_log_prob(mix: GaussianMixture, process: Any,
                         labels: int | Array) -> Callable[[Array, Array], Array]:
   """``log_prob_fn(x_t, t) -> [B]``: the exact log p(y = labels | x_t) (labels: int or [B])."""
   def fn(x_t: Array, t: Array) -> Array:
-    log_resp = log_responsibilities(mix, schedule, x_t, t)
+    log_resp = log_responsibilities(mix, process, x_t, t)
     wanted = jnp.broadcast_to(jnp.asarray(labels), (x_t.shape[0],))
     return jnp.take_along_axis(log_resp, wanted[:, None], axis=1)[:, 0]
   return fn
 
 
-# --- NumPy float64 oracles: exact output distributions of samplers for Gaussian data ----
-#
-# For Gaussian data the exact eps-prediction is affine in x_t, so every sampler step is
-# x <- A x + b + (Gaussian noise), and its output is exactly Gaussian. These helpers are
-# written from the papers' equations, independently of jaxdiff, in float64.
+# --- NumPy float64 oracles: exact laws of whole chains for Gaussian data --------------
 
 
 def linear_alphas_cumprod(num_timesteps: int = 1000) -> np.ndarray:
@@ -200,7 +217,7 @@ def linear_alphas_cumprod(num_timesteps: int = 1000) -> np.ndarray:
 
 
 def eps_affine(mean: np.ndarray, cov: np.ndarray, a: float) -> tuple[np.ndarray, np.ndarray]:
-  """(G, h) with E[eps | x_t] = G x_t + h for N(mean, cov) data at alpha-bar a."""
+  """(G, h) with E[eps | x_t] = G x_t + h for N(mean, cov) data at alpha-bar a (VP)."""
   dim = len(mean)
   gain = np.sqrt(1.0 - a) * np.linalg.inv(a * cov + (1.0 - a) * np.eye(dim))
   return gain, -np.sqrt(a) * gain @ mean
@@ -240,7 +257,7 @@ def ddpm_step_affine(mean: np.ndarray, cov: np.ndarray, a: float, a_prev: float,
 def ddim_step_affine(mean: np.ndarray, cov: np.ndarray, a: float, a_prev: float, *,
                      eta: float) -> tuple[np.ndarray, np.ndarray, float]:
   """DDIM step (Song et al. eq. 12, sigma of eq. 16) with the exact eps: (A, b, sigma^2)."""
-  sigma2 = eta ** 2 * (1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev)
+  sigma2 = eta**2 * (1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev)
   c = np.sqrt(1.0 - a_prev - sigma2)
   p, q, g, h = x0_eps_affine(mean, cov, a)
   return np.sqrt(a_prev) * p + c * g, np.sqrt(a_prev) * q + c * h, sigma2
@@ -266,3 +283,48 @@ def compose(steps: Sequence[Any], dim: int) -> tuple[np.ndarray, np.ndarray]:
   for a_mat, b, _ in steps:
     mat, off = a_mat @ mat, a_mat @ off + b
   return mat, off
+
+
+def gaussian_marginal(mean: np.ndarray, cov: np.ndarray, alpha: float,
+                      sigma: float) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and covariance of p_t for Gaussian data N(mean, cov): N(alpha m, alpha^2 C + sigma^2 I)."""
+  return alpha * mean, alpha**2 * cov + sigma**2 * np.eye(len(mean))
+
+
+def gaussian_pf_map(mean: np.ndarray, cov: np.ndarray, coeffs_from: tuple[float, float],
+                    coeffs_to: tuple[float, float], x: np.ndarray) -> np.ndarray:
+  """The exact probability-flow map between two times, for Gaussian data (rows of x).
+
+  The probability-flow ODE (Song et al. 2021, eq. 13) is linear with a velocity that
+  commutes with C, so it maps N(m_a, S_a) to N(m_b, S_b) by x -> m_b + S_b^{1/2} S_a^{-1/2}
+  (x - m_a), S's sharing C's eigenvectors; coeffs are (alpha, sigma) at the two times.
+  """
+  m_a, s_a = gaussian_marginal(mean, cov, *coeffs_from)
+  m_b, s_b = gaussian_marginal(mean, cov, *coeffs_to)
+  ea, v = np.linalg.eigh(s_a)
+  eb = np.diag(v.T @ s_b @ v)
+  a = v @ np.diag(np.sqrt(eb / ea)) @ v.T
+  return m_b + (np.asarray(x) - m_a) @ a.T
+
+
+def affine_pushforward(run: Callable[[Array], Array], dim: int,
+                       prior_std: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and covariance of a deterministic sampler's output for x_T ~ N(0, prior_std^2 I).
+
+  With a Gaussian's affine denoiser every solver step is affine in x, so the sampler is
+  x_T -> c + M x_T: ``run`` (samples from a given x_T [dim + 1, dim]) on 0 and the unit
+  vectors gives c and M, and the output law is exactly N(c, prior_std^2 M M^T).
+  """
+  x_T = jnp.asarray(np.concatenate([np.zeros((1, dim)), np.eye(dim)]))
+  out = np.asarray(run(x_T), np.float64)
+  m = (out[1:] - out[0]).T
+  return out[0], float(prior_std) ** 2 * m @ m.T
+
+
+def gaussian_kl(m0: np.ndarray, s0: np.ndarray, m1: np.ndarray, s1: np.ndarray) -> float:
+  """KL(N(m0, s0) || N(m1, s1)) in nats."""
+  d = len(m0)
+  s1_inv = np.linalg.inv(s1)
+  diff = m1 - m0
+  return 0.5 * (np.trace(s1_inv @ s0) + diff @ s1_inv @ diff - d
+                + np.linalg.slogdet(s1)[1] - np.linalg.slogdet(s0)[1])
