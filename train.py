@@ -20,6 +20,7 @@ import logging as pylogging
 import os
 import re
 import sys
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -71,8 +72,23 @@ def _config_file(argv: list[str]) -> str:
   return path
 
 
+def _unknown_field(config: Any, path: str) -> str | None:
+  """Why `config` has no field `path` ("section.field"), with a close match; or None."""
+  node = config
+  keys = path.split(".")
+  for depth, key in enumerate(keys):
+    if not hasattr(node, "keys") or key not in node:
+      known = list(node.keys()) if hasattr(node, "keys") else []
+      prefix = ".".join(["config", *keys[:depth]])
+      hint = difflib.get_close_matches(key, known, n=1)
+      return f"{prefix} has no field {key!r}" + (f"; did you mean {prefix}.{hint[0]}?"
+                                                  if hint else ".")
+    node = node[key]
+  return None
+
+
 def _check_overrides(argv: list[str]) -> None:
-  """Each --config.FIELD at most once, and naming a field of the schema."""
+  """Each --config.FIELD at most once, and naming a field of the schema (of any model)."""
   seen = set()
   for arg in argv:
     match = _OVERRIDE.match(arg)
@@ -82,15 +98,10 @@ def _check_overrides(argv: list[str]) -> None:
     if path in seen:
       raise _UsageError(f"--config.{path} is given twice; give each override once.")
     seen.add(path)
-    node = schema.base_config()
-    for depth, key in enumerate(path.split(".")):
-      if not hasattr(node, "keys") or key not in node:
-        known = list(node.keys()) if hasattr(node, "keys") else []
-        prefix = ".".join(["config", *path.split(".")[:depth]])
-        hint = difflib.get_close_matches(key, known, n=1)
-        raise _UsageError(f"--config.{path}: {prefix} has no field {key!r}" +
-                          (f"; did you mean {prefix}.{hint[0]}?" if hint else "."))
-      node = node[key]
+    reasons = [_unknown_field(schema.base_config(model=name), path)
+               for name in schema.MODEL_NAMES]
+    if all(reasons):
+      raise _UsageError(f"--config.{path}: {reasons[0]}")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -210,7 +210,6 @@ def _tiny_config():
 
 @pytest.mark.parametrize("updates, message", [
     ({"sample": {"num_steps": 1000}}, "config.sample.num_steps=1000"),
-    ({"sample": {"num_steps": 30}}, "config.sample.num_steps=30"),  # No stride gives 30.
     ({"model": {"num_classes": 5}}, "config.model.num_classes=5"),
     ({"data": {"channels": 3}}, "config.data.channels=3"),
     ({"eval": {"every": 2, "metrics": ("bpd",), "bpd_split": "validation"}},

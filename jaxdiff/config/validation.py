@@ -79,14 +79,14 @@ def _check_model_name(config: ml_collections.ConfigDict) -> None:
   """config.model.name is a known model and the section holds that model's fields."""
   name = config.model.get("name") if "model" in config else None
   if name not in MODEL_NAMES:
-    raise ValueError(f"config.model.name={name!r} is not one of {MODEL_NAMES}.")
+    raise ConfigError(f"config.model.name={name!r} is not one of {MODEL_NAMES}.")
   expected = set(model_config(name).keys())
   if set(config.model.keys()) != expected:
     other = [n for n in MODEL_NAMES if set(model_config(n).keys()) == set(config.model.keys())]
     hint = (f"; it holds the fields of {other[0]!r}: start from "
             f"jaxdiff.config.schema.base_config(model={name!r}) instead of setting the name"
             if other else "")
-    raise ValueError(f"config.model.name={name!r} expects the fields "
+    raise ConfigError(f"config.model.name={name!r} expects the fields "
                      f"{', '.join(sorted(expected))}{hint}.")
 
 
@@ -163,17 +163,12 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
                        f"{high_value}; expected 0 < {low} < {high}.")
   if not 0.0 < config.diffusion.sde_eps < 1.0:
     raise ConfigError(f"config.diffusion.sde_eps={config.diffusion.sde_eps}; expected (0, 1).")
-  try:
-    sampling.check_fits(config.sample.sampler, config, num_steps=config.sample.num_steps)
-  except ValueError as e:
-    raise ConfigError(f"config.sample.sampler={config.sample.sampler!r}: {e}.") from None
   num_steps = config.sample.num_steps
-  if num_steps is not None and sampling.SAMPLERS[config.sample.sampler].discrete:
-    try:  # The discrete chains keep space_timesteps(T, "ddimN") of the T steps.
-      schedules.space_timesteps(config.diffusion.num_timesteps, f"ddim{num_steps}")
-    except ValueError as e:
-      raise ConfigError(f"config.sample.num_steps={num_steps} with config.sample.sampler="
-                        f"{config.sample.sampler!r}: {e}.") from None
+  try:
+    sampling.check_fits(config.sample.sampler, config, num_steps=num_steps)
+  except ValueError as e:
+    steps = "" if num_steps is None else f" with config.sample.num_steps={num_steps}"
+    raise ConfigError(f"config.sample.sampler={config.sample.sampler!r}{steps}: {e}.") from None
 
 
 def _validate_eval(eval_config: ml_collections.ConfigDict, *, objective: str) -> None:
