@@ -6,8 +6,9 @@ initialises), then runs `jaxdiff.training.train_step` as one jit with explicit s
 It saves every `train.checkpoint_every` steps, at the end and on SIGTERM, stops with
 FloatingPointError on a non-finite loss (the last checkpoint stays as it was), logs
 scalars to TensorBoard/stdout/metrics.jsonl, writes EMA sample grids with the sampler of
-`config.sample` (one that fits `config.diffusion.objective`) and, every `eval.every`
-steps, logs `config.eval`'s metrics of the EMA parameters as eval/NAME. Only process 0
+`config.sample` (one that fits `config.diffusion.objective`), every `eval.every`
+steps logs `config.eval`'s metrics of the EMA parameters as eval/NAME, and with
+`train.posthoc_sigma_rels` writes post-hoc EMA snapshots (`jaxdiff.job.posthoc_ema`). Only process 0
 writes logs and images; every process takes part in checkpointing (Orbax coordinates).
 
 Workdir: config.json, checkpoints/<step>/, samples/step_<step>.png, metrics.jsonl and
@@ -31,6 +32,7 @@ from jaxdiff.config import builders, objectives, validation
 from jaxdiff.job import checkpoints as checkpointing
 from jaxdiff.job import evaluation as eval_metrics
 from jaxdiff.job import generation
+from jaxdiff.job import posthoc_ema
 from jaxdiff.job import distributed
 from jaxdiff.job import step as training
 from jaxdiff.job.writers import MetricWriter
@@ -114,7 +116,8 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
   sample_rng = jax.random.PRNGKey(config.sample.seed)  # Grids at step s use fold_in(., s).
   eval_rng = jax.random.split(sample_rng)[1]           # Evaluations at step s likewise.
   init_fn = functools.partial(training.init_train_state, model=model, tx=tx,
-                              image_shape=builders.image_shape(config))
+                              image_shape=builders.image_shape(config),
+                              posthoc_profiles=len(train_config.posthoc_sigma_rels))
   abstract_state = jax.eval_shape(init_fn, init_rng)
   shardings = distributed.state_shardings(abstract_state, mesh,
                                        shard_params=train_config.shard_params,
@@ -148,7 +151,8 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
       functools.partial(training.train_step, loss_fn=objectives.make_loss_fn(config.diffusion),
                         ema_decay=train_config.ema_decay,
                         label_dropout=train_config.label_dropout,
-                        num_classes=config.model.num_classes),
+                        num_classes=config.model.num_classes,
+                        posthoc_gammas=training.posthoc_gammas(config)),
       in_shardings=(shardings, batch_sharding, replicated),
       out_shardings=(shardings, replicated), donate_argnums=0)
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
@@ -189,6 +193,8 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
                      else checkpointer.reached_preemption(done))
         if done % train_config.checkpoint_every == 0 or done == train_config.num_steps:
           save(done)
+        if posthoc_ema.due(train_config, done):
+          posthoc_ema.save_snapshot(workdir, state, done, tuple(train_config.posthoc_sigma_rels))
         if preempted:
           save(done)
           checkpointer.wait_until_finished()
