@@ -26,7 +26,6 @@ import os
 from typing import Any, Optional
 
 import jax
-import ml_collections
 import numpy as np
 from etils import epath
 from flax import traverse_util
@@ -38,13 +37,6 @@ from jaxdiff.job import step as step_lib
 
 SNAPSHOT_DIR = "posthoc_ema"
 REPORT_FILE = "posthoc_ema.json"
-
-
-def due(train_config: ml_collections.ConfigDict, step: int) -> bool:
-  """Whether a snapshot is written after `step` (every `posthoc_every` steps and at the end)."""
-  if not train_config.posthoc_sigma_rels:
-    return False
-  return step % train_config.posthoc_every == 0 or step == train_config.num_steps
 
 
 def _flat(tree: Any) -> dict[str, np.ndarray]:
