@@ -66,8 +66,11 @@ def test_two_step_target_is_the_closed_form(x64, process_name, prediction):
 
 def _student_fn(tables, x, t):
   times, mats, offsets = tables
-  i = jnp.argmin(jnp.abs(times[None, :] - t[:, None]), axis=1)
-  return jnp.einsum("bij,bj->bi", mats[i], x) + offsets[i]
+  """The affine map of the student point t (NaN at any other time)."""
+  distance = jnp.abs(times[None, :] - t[:, None])
+  i = jnp.argmin(distance, axis=1)
+  out = jnp.einsum("bij,bj->bi", mats[i], x) + offsets[i]
+  return jnp.where(jnp.min(distance, axis=1)[:, None] < 1e-9, out, jnp.nan)
 
 
 @pytest.mark.parametrize("process_name", ["cosine", "edm"])
@@ -91,6 +94,26 @@ def test_the_exact_student_has_zero_loss(x64, process_name):
                                             student_steps=steps)
   assert float(jnp.max(loss)) < 1e-20
   assert float(jnp.mean(baseline)) > 1e-6
+
+
+def test_truncated_snr_weight(x64):
+  """A student off the exact target by delta in every pixel pays max(SNR_t, 1) delta^2."""
+  process, steps, delta = _process("cosine"), 4, 0.01
+  teacher = _exact(process)
+  pts = distillation.teacher_points(process, steps)
+  maps = [testing.two_step_distillation_target_affine(
+      MEAN, COV, [_coeffs(pts, k + j) for j in range(3)]) for k in range(0, 2 * steps, 2)]
+  tables = (pts.t[0:2 * steps:2], jnp.asarray(np.stack([m for m, _ in maps])),
+            jnp.asarray(np.stack([o + delta for _, o in maps])))
+  student = denoisers.make_denoiser(jax.tree_util.Partial(_student_fn, tables), process,
+                                    prediction="x0")
+  loss = distillation.distillation_loss(student, teacher, jnp.asarray(DATA.sample(2, 64)[0]),
+                                        jax.random.PRNGKey(5), student_steps=steps)
+  snr = (np.asarray(pts.alpha) / np.asarray(pts.sigma))[0:2 * steps:2] ** 2
+  allowed = np.maximum(snr, 1.0) * delta**2
+  nearest = np.min(np.abs(np.asarray(loss)[:, None] / allowed[None, :] - 1.0), axis=1)
+  assert np.max(nearest) < 1e-8
+  assert len(np.unique(np.round(np.asarray(loss), 12))) > 1  # several steps were drawn
 
 
 def test_a_round_must_halve_the_steps():
