@@ -72,17 +72,29 @@ def karras_boundaries(num_scales: int, *, sigma_min: float, sigma_max: float,
   return (lo + frac * (hi - lo)) ** rho
 
 
-def ct_num_scales(step: int, *, total_steps: int, s0: int, s1: int) -> int:
+def ct_num_scales(step: Any, *, total_steps: int, s0: int, s1: int) -> Array:
   """N(k) of consistency training (Song et al. 2023, App. C, "N(k)"):
-  ceil(sqrt(k / K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1."""
-  return int(math.ceil(math.sqrt(step / total_steps * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1) + 1)
+  ceil(sqrt(k / K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1 (k may be traced)."""
+  root = jnp.sqrt(step / total_steps * ((s1 + 1) ** 2 - s0**2) + s0**2)
+  return (jnp.ceil(root - 1) + 1).astype(jnp.int32)
 
 
-def ict_num_scales(step: int, *, total_steps: int, s0: int, s1: int) -> int:
+def ict_num_scales(step: Any, *, total_steps: int, s0: int, s1: int) -> Array:
   """N(k) of improved CT (Song & Dhariwal 2024, eq. 8): min(s0 2^floor(k / K'), s1) + 1 with
-  K' = floor(K / (log2 floor(s1 / s0) + 1)): the count doubles in equal stages."""
-  stage = math.floor(total_steps / (math.log2(math.floor(s1 / s0)) + 1))
-  return min(s0 * 2 ** (step // max(stage, 1)), s1) + 1
+  K' = floor(K / (log2 floor(s1 / s0) + 1)): the count doubles in equal stages (k may be
+  traced)."""
+  stage = max(math.floor(total_steps / (math.log2(math.floor(s1 / s0)) + 1)), 1)
+  doublings = jnp.minimum(jnp.asarray(step) // stage, 62)
+  return (jnp.minimum(s0 * 2.0**doublings, s1) + 1).astype(jnp.int32)
+
+
+def padded_boundaries(num_scales: Array, *, size: int, sigma_min: float, sigma_max: float,
+                      rho: float = 7.0) -> Array:
+  """`karras_boundaries` for a traced N <= size, padded to ``size`` with sigma_max: the
+  intervals past t_N have zero width (zero probability under `interval_probs`)."""
+  frac = jnp.minimum(jnp.arange(size) / (num_scales - 1), 1.0)
+  lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+  return (lo + frac * (hi - lo)) ** rho
 
 
 def ct_target_decay(num_scales: int, *, s0: int, mu0: float) -> float:
@@ -107,19 +119,27 @@ def squared_l2(a: Array, b: Array) -> Array:
   return jnp.sum(jnp.reshape((a - b) ** 2, (a.shape[0], -1)), axis=1)
 
 
-def lognormal_index_probs(boundaries: Array, *, p_mean: float = -1.1,
-                          p_std: float = 2.0) -> Array:
-  """p(n) of improved CT (Song & Dhariwal 2024, eq. 10), n = 0 .. N - 2 over the ascending
-  boundaries: proportional to erf((log t_(n+1) - P_mean) / (sqrt 2 P_std)) - erf((log t_n -
-  P_mean) / (sqrt 2 P_std)), the lognormal mass between consecutive levels."""
-  cdf = jax.scipy.special.erf((jnp.log(boundaries) - p_mean) / (math.sqrt(2.0) * p_std))
-  mass = cdf[1:] - cdf[:-1]
+def interval_probs(boundaries: Array, *, lognormal: bool = True, p_mean: float = -1.1,
+                   p_std: float = 2.0) -> Array:
+  """p(n), n = 0 .. N - 2 over the ascending boundaries (zero for zero-width padding).
+
+  lognormal: improved CT (Song & Dhariwal 2024, eq. 10), proportional to
+  erf((log t_(n+1) - P_mean) / (sqrt 2 P_std)) - erf((log t_n - P_mean) / (sqrt 2 P_std)),
+  the lognormal mass between consecutive levels; else uniform (Song et al. 2023).
+  """
+  if lognormal:
+    cdf = jax.scipy.special.erf((jnp.log(boundaries) - p_mean) / (math.sqrt(2.0) * p_std))
+    mass = cdf[1:] - cdf[:-1]
+  else:
+    mass = (boundaries[1:] > boundaries[:-1]).astype(boundaries.dtype)
   return mass / jnp.sum(mass)
 
 
 def ict_weights(boundaries: Array) -> Array:
-  """lambda(t_n) = 1 / (t_(n+1) - t_n) of improved CT (Song & Dhariwal 2024, Sec. 3.1)."""
-  return 1.0 / (boundaries[1:] - boundaries[:-1])
+  """lambda(t_n) = 1 / (t_(n+1) - t_n) of improved CT (Song & Dhariwal 2024, Sec. 3.1); 0 for
+  zero-width padding."""
+  gap = boundaries[1:] - boundaries[:-1]
+  return jnp.where(gap > 0, 1.0 / jnp.where(gap > 0, gap, 1.0), 0.0)
 
 
 def denoise_on_sigma_axis(denoiser: Any, x: Array, sigma: Array) -> Array:

@@ -193,7 +193,7 @@ def test_consistency_training_target_uses_the_same_noise(x64):
   """CT with f = identity: the loss is ||(t_(n+1) - t_n) z||^2, so its mean over z is
   d E[(t_(n+1) - t_n)^2] under p(n), computed here from the boundaries alone."""
   bounds = jnp.asarray(consistency.karras_boundaries(5, sigma_min=SIGMA_MIN, sigma_max=2.0))
-  probs = consistency.lognormal_index_probs(bounds)
+  probs = consistency.interval_probs(bounds)
   x0 = jnp.zeros((20000, 2))
   ident = lambda x, t: x
   loss = consistency.consistency_loss(ident, ident, x0, jax.random.PRNGKey(1),
@@ -206,9 +206,9 @@ def test_consistency_training_target_uses_the_same_noise(x64):
 
 def test_curricula_and_metric():
   # Song et al. 2023 CT on CIFAR-10: s0 = 2, s1 = 150; Song & Dhariwal 2024: s0 = 10, s1 = 1280.
-  assert consistency.ct_num_scales(0, total_steps=800_000, s0=2, s1=150) == 2
-  assert consistency.ct_num_scales(800_000, total_steps=800_000, s0=2, s1=150) == 151
-  ict = [consistency.ict_num_scales(k, total_steps=400_000, s0=10, s1=1280)
+  assert int(consistency.ct_num_scales(0, total_steps=800_000, s0=2, s1=150)) == 2
+  assert int(consistency.ct_num_scales(800_000, total_steps=800_000, s0=2, s1=150)) == 151
+  ict = [int(consistency.ict_num_scales(k, total_steps=400_000, s0=10, s1=1280))
          for k in (0, 49_999, 50_000, 399_999)]
   assert ict == [11, 11, 21, 1281]
   assert consistency.ct_target_decay(2, s0=2, mu0=0.9) == pytest.approx(0.9)
@@ -224,8 +224,23 @@ def test_lognormal_probs_are_the_lognormal_masses():
   bounds = consistency.karras_boundaries(6, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
   cdf = np.array([0.5 * (1 + erf((log(b) + 1.1) / (sqrt(2) * 2.0))) for b in bounds])
   want = np.diff(cdf) / (cdf[-1] - cdf[0])
-  np.testing.assert_allclose(consistency.lognormal_index_probs(jnp.asarray(bounds)), want,
+  np.testing.assert_allclose(consistency.interval_probs(jnp.asarray(bounds)), want,
                              rtol=1e-5)
+
+
+def test_padded_boundaries_and_probs_cover_the_first_n_levels():
+  bounds = consistency.karras_boundaries(5, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
+  padded = consistency.padded_boundaries(jnp.asarray(5), size=9, sigma_min=SIGMA_MIN,
+                                         sigma_max=SIGMA_MAX)
+  np.testing.assert_allclose(padded[:5], bounds, rtol=1e-5)
+  np.testing.assert_allclose(padded[5:], SIGMA_MAX, rtol=1e-6)
+  for lognormal in (True, False):
+    probs = consistency.interval_probs(padded, lognormal=lognormal)
+    np.testing.assert_allclose(probs[:4], consistency.interval_probs(jnp.asarray(bounds),
+                                                                     lognormal=lognormal),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(probs[4:], 0.0)
+  np.testing.assert_array_equal(consistency.ict_weights(padded)[4:], 0.0)
 
 
 def _exact_consistency_denoiser():
