@@ -12,6 +12,10 @@ per-example loss of `config.diffusion.objective`:
 - "ncsn": the noise-conditional score network (Song & Ermon 2019, eq. 5-6) over the
   geometric ladder `ncsn_sigmas`; the U-Net gets the index i of sigma_i in the ascending
   ladder as its timestep and score(x, sigma_i) = model(x, i) / sigma_i.
+- "consistency_training": a consistency model trained without a teacher (Song et al. 2023,
+  Algorithm 3; improved CT of Song & Dhariwal 2024 by default): `jaxdiff.consistency`, on
+  `processes.EDMProcess(sigma_min, sigma_max)`; the target network is the model itself under
+  a stop-gradient (iCT's mu = 0), and N(k) follows the step k (a `CurriculumLoss`).
 
 `process_from_config` and `denoiser_from_config` give the samplers the run's noise process
 (`jaxdiff.processes`) and its model as a denoiser (`jaxdiff.denoisers`); the model wrappers
@@ -19,6 +23,9 @@ per-example loss of `config.diffusion.objective`:
 and sampling cannot disagree on them.
 """
 
+import dataclasses
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,13 +33,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxdiff import denoisers, losses, processes, schedules, score_matching
+from jaxdiff import consistency, denoisers, losses, processes, schedules, score_matching
 from jaxdiff import sde as sde_lib
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 LossFn = Callable[[ModelFn, jax.Array, jax.Array], jax.Array]
 
-OBJECTIVES = ("ddpm", "sde_dsm", "ncsn")
+OBJECTIVES = ("ddpm", "sde_dsm", "ncsn", "consistency_training")
+CURRICULA = ("ict", "ct")
+CT_METRICS = ("pseudo_huber", "l2")
 SDES = ("vpsde", "subvpsde", "vesde")  # config.diffusion.sde for "sde_dsm" (jaxdiff.sde)
 SDE_TIME_SCALE = 999.0
 
@@ -59,7 +68,7 @@ def process_from_config(diffusion_config: ml_collections.ConfigDict) -> Any:
   objective = diffusion_config.objective
   if objective == "ddpm":
     return schedule_from_config(diffusion_config)
-  if objective == "ncsn":
+  if objective in ("ncsn", "consistency_training"):
     return processes.EDMProcess(sigma_min=diffusion_config.sigma_min,
                                 sigma_max=diffusion_config.sigma_max)
   return sde_from_config(diffusion_config)
@@ -83,6 +92,9 @@ def denoiser_from_config(diffusion_config: ml_collections.ConfigDict, model_fn: 
   if objective == "ncsn":
     return denoisers.make_denoiser(ncsn_score_fn(diffusion_config, model_fn), process,
                                    prediction="score")
+  if objective == "consistency_training":
+    return denoisers.make_denoiser(consistency_model_fn(diffusion_config, model_fn), process,
+                                   prediction="x0")
   return denoisers.make_denoiser(jax.tree_util.Partial(_continuous_eps, model_fn), process,
                                  prediction="eps")
 
@@ -124,7 +136,47 @@ def ncsn_score_fn(diffusion_config: ml_collections.ConfigDict,
   return jax.tree_util.Partial(_ncsn_score, model_fn, ncsn_sigmas(diffusion_config))
 
 
-def make_loss_fn(diffusion_config: ml_collections.ConfigDict) -> LossFn:
+def consistency_model_fn(diffusion_config: ml_collections.ConfigDict,
+                         model_fn: ModelFn) -> jax.tree_util.Partial:
+  """f(x, sigma) of a "consistency_training" network (`jaxdiff.consistency`)."""
+  return consistency.consistency_model_fn(model_fn, sigma_data=diffusion_config.sigma_data,
+                                          sigma_min=diffusion_config.sigma_min)
+
+
+@dataclasses.dataclass(frozen=True)
+class CurriculumLoss:
+  """A loss that depends on the training step k: ``fn(model_fn, x0, rng, step)``; the
+  training step calls ``at_step(k)`` for the usual `LossFn`."""
+
+  fn: Callable[..., jax.Array]
+
+  def at_step(self, step: jax.Array) -> LossFn:
+    return functools.partial(self.fn, step=step)
+
+
+def _consistency_training_loss(diffusion_config: ml_collections.ConfigDict, model_fn: ModelFn,
+                               x0: jax.Array, rng: jax.Array, *, step: jax.Array) -> jax.Array:
+  """Consistency training at step k (module docstring), per example [B]."""
+  c = diffusion_config
+  ict = c.curriculum == "ict"
+  curriculum = consistency.ict_num_scales if ict else consistency.ct_num_scales
+  num = curriculum(step, total_steps=c.curriculum_steps, s0=c.ct_s0, s1=c.ct_s1)
+  bounds = consistency.padded_boundaries(num, size=c.ct_s1 + 1, sigma_min=c.sigma_min,
+                                         sigma_max=c.sigma_max, rho=c.rho)
+  probs = consistency.interval_probs(bounds, lognormal=ict, p_mean=c.ct_p_mean,
+                                     p_std=c.ct_p_std)
+  if c.ct_metric == "pseudo_huber":
+    dim = math.prod(x0.shape[1:])
+    metric = functools.partial(consistency.pseudo_huber, c=consistency.huber_constant(dim))
+  else:
+    metric = consistency.squared_l2
+  f = consistency_model_fn(c, model_fn)
+  return consistency.consistency_loss(f, f, x0, rng, boundaries=bounds, probs=probs,
+                                      weights=consistency.ict_weights(bounds) if ict else None,
+                                      metric=metric)
+
+
+def make_loss_fn(diffusion_config: ml_collections.ConfigDict) -> LossFn | CurriculumLoss:
   """`loss_fn(model_fn, x0, rng) -> per-example loss [B]` for `config.diffusion.objective`."""
   objective = diffusion_config.objective
   if objective == "ddpm":
@@ -145,4 +197,6 @@ def make_loss_fn(diffusion_config: ml_collections.ConfigDict) -> LossFn:
     sigmas = ncsn_sigmas(diffusion_config)
     return lambda model_fn, x0, rng: score_matching.ncsn_loss(
         ncsn_score_fn(diffusion_config, model_fn), x0, rng, sigmas=sigmas)
+  if objective == "consistency_training":
+    return CurriculumLoss(functools.partial(_consistency_training_loss, diffusion_config))
   raise ValueError(f"config.diffusion.objective={objective!r} is not one of {OBJECTIVES}.")

@@ -94,6 +94,19 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       num_scales=1000,           # SDE discretization steps N (pc); NCSN ladder length L.
       likelihood_weighting=False,  # sde_dsm: lambda(t) = g(t)^2 (Song et al. 2021b).
       sde_eps=1e-5,              # sde_dsm: training times t ~ U(sde_eps, 1).
+      # consistency_training (jaxdiff.consistency): the model lives on EDM's sigma axis
+      # [sigma_min, sigma_max] (set them to 0.002, 80), with these choices of Song et al.
+      # 2023 ("ct") or of improved CT (Song & Dhariwal 2024, "ict").
+      sigma_data=0.5,            # Std of the data in c_skip, c_out, c_in.
+      rho=7.0,                   # Karras et al.'s spacing of the N(k) levels.
+      curriculum="ict",          # "ict": doubling N(k), lognormal p(n), 1/gap weights;
+                                 # "ct": Song et al. 2023's N(k), uniform p(n), weight 1.
+      curriculum_steps=1,        # K of N(k): the step at which N(k) reaches ct_s1 + 1.
+      ct_s0=10,                  # N(0) = ct_s0 (+ 1 for "ict").
+      ct_s1=1280,                # The final N(K) = ct_s1 + 1.
+      ct_p_mean=-1.1,            # "ict": lognormal choice of the levels.
+      ct_p_std=2.0,
+      ct_metric="pseudo_huber",  # "pseudo_huber" (c = 0.00054 sqrt(d)) or "l2".
   ))
 
   config.data = ml_collections.ConfigDict(dict(
