@@ -156,6 +156,15 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       ald_step_lr=2e-5,          # ald: Langevin step size at the smallest sigma.
   ))
 
+  # Progressive distillation (jaxdiff.distillation, jaxdiff.job.distill): a round trains a
+  # student initialised from the teacher's EMA parameters, with the teacher's diffusion,
+  # model and data sections, to take student_steps steps of the "nested" grid where the
+  # teacher took twice as many.
+  config.distill = ml_collections.ConfigDict(dict(
+      teacher_workdir=config_dict.placeholder(str),  # None = not a distillation run.
+      student_steps=config_dict.placeholder(int),    # N; half the teacher's (if distilled).
+  ))
+
   # Periodic evaluation during training (jaxdiff.job.evaluation.evaluate_during_training).
   config.eval = ml_collections.ConfigDict(dict(
       every=0,                   # Steps between evaluations; 0 = off.

@@ -50,7 +50,7 @@ from jaxdiff import data, images, parallel
 from jaxdiff.config import builders, objectives, validation
 from jaxdiff.job import checkpoints as checkpointing
 from jaxdiff.job import cli
-from jaxdiff.job import distributed
+from jaxdiff.job import distill, distributed
 from jaxdiff.job import evaluation as eval_metrics
 from jaxdiff.job import generation
 from jaxdiff.job import step as training
@@ -114,6 +114,7 @@ class _Run:
   interval_start: float = 0.0         # Since the last log (perf_counter seconds) ...
   excluded: float = 0.0               # ... minus the time spent in periodic actions.
   preempted: bool = False
+  teacher_params: Any = None          # Progressive distillation: the teacher's EMA params.
 
   @property
   def batch_sharding(self) -> jax.sharding.Sharding:
@@ -243,12 +244,19 @@ def _check_finite(run: _Run, step: int) -> None:
   run.fetched, run.checked_step = sums, step
 
 
+def _loss_fn(run: _Run) -> Any:
+  """The run's objective, or a progressive-distillation round's loss (`job.distill`)."""
+  if run.teacher_params is None:
+    return objectives.make_loss_fn(run.config.diffusion)
+  return distill.distillation_loss_fn(run.config, run.model, run.teacher_params)
+
+
 def _compile_step(run: _Run, batch: dict[str, jax.Array]) -> None:
   """Compiles the step for `batch`'s shapes and reads its FLOPs for the throughput logs."""
   config = run.config
   step = jax.jit(
       functools.partial(training.accumulating_train_step,
-                        loss_fn=objectives.make_loss_fn(config.diffusion),
+                        loss_fn=_loss_fn(run),
                         ema_decay=config.train.ema_decay,
                         label_dropout=config.train.label_dropout,
                         num_classes=config.model.num_classes),
@@ -360,7 +368,7 @@ def _abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
 
 
 def _initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                   checkpointer: checkpointing.Checkpointer
+                   checkpointer: checkpointing.Checkpointer, teacher_params: Any = None
                    ) -> tuple[training.TrainState, jax.Array, Any, bool]:
   """(state, base rng key, state shardings, restored?): the newest good checkpoint's, else
   freshly initialised ones. Raises ConfigError if the checkpoint does not fit the config."""
@@ -374,6 +382,9 @@ def _initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     raise validation.ConfigError(f"{e} Resume with that config, or use another --workdir.")
   if restored is None:
     state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
+    if teacher_params is not None:  # A distillation round starts from its teacher.
+      params = jax.device_put(teacher_params, shardings.params)
+      state = state.replace(params=params, ema_params=jax.tree.map(jax.numpy.copy, params))
     # From a host value: device_put of a local jax.Array breaks across processes.
     return state, jax.device_put(np.asarray(train_rng), replicated), shardings, False
   if restored.step > config.train.num_steps:
@@ -411,7 +422,11 @@ def _setup(config: ml_collections.ConfigDict, workdir: epath.Path, *,
       async_save=train_config.async_checkpointing)
   try:
     _check_resume(config, workdir, checkpointer, allow_changes=allow_config_change)
-    state, train_rng, shardings, restored = _initial_state(config, mesh, checkpointer)
+    teacher_params = None
+    if config.distill.teacher_workdir is not None:
+      teacher_params = distill.load_teacher(config)
+    state, train_rng, shardings, restored = _initial_state(config, mesh, checkpointer,
+                                                           teacher_params)
   except BaseException:
     checkpointer.close()
     raise
@@ -427,7 +442,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: epath.Path, *,
       writer=MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start_step),
       learning_rate=training.learning_rate_schedule(
           learning_rate=train_config.learning_rate, warmup_steps=train_config.warmup_steps),
-      start_step=start_step)
+      start_step=start_step, teacher_params=teacher_params)
 
 
 def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
