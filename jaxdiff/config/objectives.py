@@ -16,6 +16,10 @@ per-example loss of `config.diffusion.objective`:
   Algorithm 3; improved CT of Song & Dhariwal 2024 by default): `jaxdiff.consistency`, on
   `processes.EDMProcess(sigma_min, sigma_max)`; the target network is the model itself under
   a stop-gradient (iCT's mu = 0), and N(k) follows the step k (a `CurriculumLoss`).
+- "consistency_distillation": the same model and choices, with x_hat_{t_n} one ODE step
+  (`config.diffusion.cd_solver`) of a trained teacher of any objective (Song et al. 2023,
+  Algorithm 2): `consistency_loss_fn(config, teacher=denoiser)`, built by the trainer from
+  `config.distill.teacher_workdir` (`jaxdiff.job.distill`).
 
 `process_from_config` and `denoiser_from_config` give the samplers the run's noise process
 (`jaxdiff.processes`) and its model as a denoiser (`jaxdiff.denoisers`); the model wrappers
@@ -39,7 +43,8 @@ from jaxdiff import sde as sde_lib
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 LossFn = Callable[[ModelFn, jax.Array, jax.Array], jax.Array]
 
-OBJECTIVES = ("ddpm", "sde_dsm", "ncsn", "consistency_training")
+OBJECTIVES = ("ddpm", "sde_dsm", "ncsn", "consistency_training", "consistency_distillation")
+CONSISTENCY = ("consistency_training", "consistency_distillation")
 CURRICULA = ("ict", "ct")
 CT_METRICS = ("pseudo_huber", "l2")
 SDES = ("vpsde", "subvpsde", "vesde")  # config.diffusion.sde for "sde_dsm" (jaxdiff.sde)
@@ -68,7 +73,7 @@ def process_from_config(diffusion_config: ml_collections.ConfigDict) -> Any:
   objective = diffusion_config.objective
   if objective == "ddpm":
     return schedule_from_config(diffusion_config)
-  if objective in ("ncsn", "consistency_training"):
+  if objective == "ncsn" or objective in CONSISTENCY:
     return processes.EDMProcess(sigma_min=diffusion_config.sigma_min,
                                 sigma_max=diffusion_config.sigma_max)
   return sde_from_config(diffusion_config)
@@ -92,7 +97,7 @@ def denoiser_from_config(diffusion_config: ml_collections.ConfigDict, model_fn: 
   if objective == "ncsn":
     return denoisers.make_denoiser(ncsn_score_fn(diffusion_config, model_fn), process,
                                    prediction="score")
-  if objective == "consistency_training":
+  if objective in CONSISTENCY:
     return denoisers.make_denoiser(consistency_model_fn(diffusion_config, model_fn), process,
                                    prediction="x0")
   return denoisers.make_denoiser(jax.tree_util.Partial(_continuous_eps, model_fn), process,
@@ -154,9 +159,10 @@ class CurriculumLoss:
     return functools.partial(self.fn, step=step)
 
 
-def _consistency_training_loss(diffusion_config: ml_collections.ConfigDict, model_fn: ModelFn,
-                               x0: jax.Array, rng: jax.Array, *, step: jax.Array) -> jax.Array:
-  """Consistency training at step k (module docstring), per example [B]."""
+def _consistency_loss(diffusion_config: ml_collections.ConfigDict, teacher: Any,
+                      model_fn: ModelFn, x0: jax.Array, rng: jax.Array, *,
+                      step: jax.Array) -> jax.Array:
+  """Consistency training (no teacher) or distillation at step k (module docstring), [B]."""
   c = diffusion_config
   ict = c.curriculum == "ict"
   curriculum = consistency.ict_num_scales if ict else consistency.ct_num_scales
@@ -173,7 +179,14 @@ def _consistency_training_loss(diffusion_config: ml_collections.ConfigDict, mode
   f = consistency_model_fn(c, model_fn)
   return consistency.consistency_loss(f, f, x0, rng, boundaries=bounds, probs=probs,
                                       weights=consistency.ict_weights(bounds) if ict else None,
-                                      metric=metric)
+                                      metric=metric, teacher=teacher, solver=c.cd_solver)
+
+
+def consistency_loss_fn(diffusion_config: ml_collections.ConfigDict, *,
+                        teacher: Any = None) -> CurriculumLoss:
+  """The loss of "consistency_training" (teacher None) or "consistency_distillation" (the
+  teacher's denoiser, of any process)."""
+  return CurriculumLoss(functools.partial(_consistency_loss, diffusion_config, teacher))
 
 
 def make_loss_fn(diffusion_config: ml_collections.ConfigDict) -> LossFn | CurriculumLoss:
@@ -198,5 +211,8 @@ def make_loss_fn(diffusion_config: ml_collections.ConfigDict) -> LossFn | Curric
     return lambda model_fn, x0, rng: score_matching.ncsn_loss(
         ncsn_score_fn(diffusion_config, model_fn), x0, rng, sigmas=sigmas)
   if objective == "consistency_training":
-    return CurriculumLoss(functools.partial(_consistency_training_loss, diffusion_config))
+    return consistency_loss_fn(diffusion_config)
+  if objective == "consistency_distillation":
+    raise ValueError("config.diffusion.objective='consistency_distillation' needs its teacher: "
+                     "build the loss with consistency_loss_fn(config, teacher=denoiser).")
   raise ValueError(f"config.diffusion.objective={objective!r} is not one of {OBJECTIVES}.")

@@ -107,6 +107,7 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       ct_p_mean=-1.1,            # "ict": lognormal choice of the levels.
       ct_p_std=2.0,
       ct_metric="pseudo_huber",  # "pseudo_huber" (c = 0.00054 sqrt(d)) or "l2".
+      cd_solver="heun",          # consistency_distillation: the teacher's ODE step.
   ))
 
   config.data = ml_collections.ConfigDict(dict(
@@ -159,7 +160,8 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
   # Progressive distillation (jaxdiff.distillation, jaxdiff.job.distill): a round trains a
   # student initialised from the teacher's EMA parameters, with the teacher's diffusion,
   # model and data sections, to take student_steps steps of the "nested" grid where the
-  # teacher took twice as many.
+  # teacher took twice as many. Consistency distillation reads its teacher (a run of any
+  # other objective with the same image shape) from teacher_workdir too.
   config.distill = ml_collections.ConfigDict(dict(
       teacher_workdir=config_dict.placeholder(str),  # None = not a distillation run.
       student_steps=config_dict.placeholder(int),    # N; half the teacher's (if distilled).

@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxdiff import diffusion, losses, schedules
+from jaxdiff import consistency, diffusion, losses, schedules
 from jaxdiff.config import objectives, sampling
 from jaxdiff.config.schema import MODEL_NAMES, base_config, model_config
 from jaxdiff.evaluation import METRICS
@@ -25,6 +25,7 @@ _CHOICES = {
     ("diffusion", "sde"): objectives.SDES,
     ("diffusion", "curriculum"): objectives.CURRICULA,
     ("diffusion", "ct_metric"): objectives.CT_METRICS,
+    ("diffusion", "cd_solver"): consistency.SOLVERS,
     ("diffusion", "schedule"): schedules.SCHEDULE_KINDS,
     ("diffusion", "prediction"): diffusion.PREDICTIONS,
     ("diffusion", "loss_type"): losses.LOSS_TYPES,
@@ -164,6 +165,12 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
     if not 0 < low_value < high_value:
       raise ConfigError(f"config.{section}.{low}={low_value}, config.{section}.{high}="
                        f"{high_value}; expected 0 < {low} < {high}.")
+  if (config.diffusion.objective == "consistency_distillation") != (
+      config.distill.teacher_workdir is not None) and config.diffusion.objective in (
+          objectives.CONSISTENCY):
+    raise ConfigError("config.diffusion.objective='consistency_distillation' needs "
+                      "config.distill.teacher_workdir (a trained run), and "
+                      "'consistency_training' takes none.")
   if config.diffusion.ct_s0 > config.diffusion.ct_s1:
     raise ConfigError(f"config.diffusion.ct_s0={config.diffusion.ct_s0} exceeds "
                       f"config.diffusion.ct_s1={config.diffusion.ct_s1}; expected "

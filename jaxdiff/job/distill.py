@@ -1,11 +1,14 @@
-"""Progressive distillation rounds (Salimans & Ho 2022) as train.py runs: the teacher.
+"""Distillation runs of train.py: the teacher of progressive and consistency distillation.
 
 A round is a train.py run with `config.distill.teacher_workdir` (the previous round's
 workdir, or a trained model's) and `config.distill.student_steps` N: the student starts from
 the teacher's EMA parameters and learns `jaxdiff.distillation.distillation_loss` against the
 teacher's 2N steps. The teacher must share the run's diffusion, model and data shape (the
 student inherits its process, parameterization and network); a distilled teacher must have
-taken exactly 2N steps. Violations are one-line `ConfigError`s, raised before compiling.
+taken exactly 2N steps. Consistency distillation (objective "consistency_distillation",
+Song et al. 2023, Algorithm 2) reads a teacher of any objective of DISTILLABLE with the same
+image shape, through its own config's denoiser; the student starts fresh. Violations are
+one-line `ConfigError`s, raised before compiling.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import jax
 import ml_collections
 
 from jaxdiff import distillation
-from jaxdiff.config import objectives
+from jaxdiff.config import builders, objectives
 from jaxdiff.config.validation import ConfigError
 from jaxdiff.job import checkpoints, generation
 
@@ -59,26 +62,49 @@ def check_teacher(config: ml_collections.ConfigDict,
       raise ConfigError(f"config.distill: {e} (teacher workdir {workdir!r})") from None
 
 
-def load_teacher(config: ml_collections.ConfigDict) -> Any:
-  """The EMA parameters of the teacher of this round, after `check_teacher`."""
+def check_consistency_teacher(config: ml_collections.ConfigDict,
+                              teacher_config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError unless ``teacher_config`` can teach consistency distillation."""
+  workdir = config.distill.teacher_workdir
+  if teacher_config.diffusion.objective not in DISTILLABLE:
+    raise ConfigError(f"teacher workdir {workdir!r} has config.diffusion.objective="
+                      f"{teacher_config.diffusion.objective!r}; consistency distillation "
+                      f"needs a teacher of {DISTILLABLE}.")
+  difference = _first_difference("data", teacher_config, config, ("image_size", "channels"))
+  if difference is not None:
+    raise ConfigError(f"teacher workdir {workdir!r} does not fit this run: it has "
+                      f"{difference}.")
+
+
+def load_teacher(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any]:
+  """(the teacher's config, its EMA parameters), after the checks of this run's kind."""
   try:
     teacher_config, restored = checkpoints.load_workdir(config.distill.teacher_workdir)
   except (FileNotFoundError, checkpoints.CheckpointDamaged) as e:
     raise ConfigError(f"config.distill.teacher_workdir: {e}") from None
-  check_teacher(config, teacher_config)
-  return restored.state.ema_params
+  if config.diffusion.objective == "consistency_distillation":
+    check_consistency_teacher(config, teacher_config)
+  else:
+    check_teacher(config, teacher_config)
+  return teacher_config, restored.state.ema_params
 
 
-def distillation_loss_fn(config: ml_collections.ConfigDict, model: Any,
-                         teacher_params: Any) -> objectives.LossFn:
-  """`loss_fn(model_fn, x0, rng) -> [B]` of a round: the student (``model_fn``) against the
-  teacher (``model`` with ``teacher_params``), both read through the run's denoiser."""
-  teacher = objectives.denoiser_from_config(
-      config.diffusion, generation.model_fn_for(model, teacher_params))
+def teacher_loss_fn(config: ml_collections.ConfigDict, model: Any,
+                    teacher: tuple[ml_collections.ConfigDict, Any]) -> Any:
+  """The loss of a run with a teacher (`load_teacher`): consistency distillation's
+  `objectives.consistency_loss_fn`, or a progressive distillation round's, the student
+  (``model``) against the teacher's 2N steps."""
+  teacher_config, params = teacher
+  if config.diffusion.objective == "consistency_distillation":
+    den = objectives.denoiser_from_config(
+        teacher_config.diffusion,
+        generation.model_fn_for(builders.build_model(teacher_config), params))
+    return objectives.consistency_loss_fn(config.diffusion, teacher=den)
+  den = objectives.denoiser_from_config(config.diffusion, generation.model_fn_for(model, params))
   steps = config.distill.student_steps
 
   def loss_fn(model_fn: Any, x0: jax.Array, rng: jax.Array) -> jax.Array:
     student = objectives.denoiser_from_config(config.diffusion, model_fn)
-    return distillation.distillation_loss(student, teacher, x0, rng, student_steps=steps)
+    return distillation.distillation_loss(student, den, x0, rng, student_steps=steps)
 
   return loss_fn

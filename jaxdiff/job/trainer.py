@@ -114,7 +114,7 @@ class _Run:
   interval_start: float = 0.0         # Since the last log (perf_counter seconds) ...
   excluded: float = 0.0               # ... minus the time spent in periodic actions.
   preempted: bool = False
-  teacher_params: Any = None          # Progressive distillation: the teacher's EMA params.
+  teacher: Any = None                 # Distillation: (the teacher's config, EMA params).
 
   @property
   def batch_sharding(self) -> jax.sharding.Sharding:
@@ -245,10 +245,10 @@ def _check_finite(run: _Run, step: int) -> None:
 
 
 def _loss_fn(run: _Run) -> Any:
-  """The run's objective, or a progressive-distillation round's loss (`job.distill`)."""
-  if run.teacher_params is None:
+  """The run's objective, or a distillation run's loss (`job.distill`)."""
+  if run.teacher is None:
     return objectives.make_loss_fn(run.config.diffusion)
-  return distill.distillation_loss_fn(run.config, run.model, run.teacher_params)
+  return distill.teacher_loss_fn(run.config, run.model, run.teacher)
 
 
 def _compile_step(run: _Run, batch: dict[str, jax.Array]) -> None:
@@ -368,7 +368,7 @@ def _abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
 
 
 def _initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                   checkpointer: checkpointing.Checkpointer, teacher_params: Any = None
+                   checkpointer: checkpointing.Checkpointer, initial_params: Any = None
                    ) -> tuple[training.TrainState, jax.Array, Any, bool]:
   """(state, base rng key, state shardings, restored?): the newest good checkpoint's, else
   freshly initialised ones. Raises ConfigError if the checkpoint does not fit the config."""
@@ -382,8 +382,8 @@ def _initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     raise validation.ConfigError(f"{e} Resume with that config, or use another --workdir.")
   if restored is None:
     state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
-    if teacher_params is not None:  # A distillation round starts from its teacher.
-      params = jax.device_put(teacher_params, shardings.params)
+    if initial_params is not None:  # A distillation round starts from its teacher.
+      params = jax.device_put(initial_params, shardings.params)
       state = state.replace(params=params, ema_params=jax.tree.map(jax.numpy.copy, params))
     # From a host value: device_put of a local jax.Array breaks across processes.
     return state, jax.device_put(np.asarray(train_rng), replicated), shardings, False
@@ -422,11 +422,12 @@ def _setup(config: ml_collections.ConfigDict, workdir: epath.Path, *,
       async_save=train_config.async_checkpointing)
   try:
     _check_resume(config, workdir, checkpointer, allow_changes=allow_config_change)
-    teacher_params = None
+    teacher = None
     if config.distill.teacher_workdir is not None:
-      teacher_params = distill.load_teacher(config)
-    state, train_rng, shardings, restored = _initial_state(config, mesh, checkpointer,
-                                                           teacher_params)
+      teacher = distill.load_teacher(config)
+    initial = None if teacher is None or config.diffusion.objective in objectives.CONSISTENCY \
+        else teacher[1]
+    state, train_rng, shardings, restored = _initial_state(config, mesh, checkpointer, initial)
   except BaseException:
     checkpointer.close()
     raise
@@ -442,7 +443,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: epath.Path, *,
       writer=MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start_step),
       learning_rate=training.learning_rate_schedule(
           learning_rate=train_config.learning_rate, warmup_steps=train_config.warmup_steps),
-      start_step=start_step, teacher_params=teacher_params)
+      start_step=start_step, teacher=teacher)
 
 
 def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
