@@ -62,3 +62,31 @@ def test_fewstep_defaults_renoise_by_run_kind():
   assert sampling.default_options("fewstep", _round(4)) == {"renoise": 0.0}
   ct = schema.load_config_file(os.path.join(CONFIGS, "digits_consistency.py"))
   assert sampling.default_options("fewstep", ct) == {"renoise": 1.0}
+
+
+def _cd(teacher="/teacher"):
+  config = schema.load_config_file(os.path.join(CONFIGS, "digits_consistency_distill.py"))
+  config.distill.update(teacher_workdir=teacher)
+  return config
+
+
+def test_consistency_distillation_teachers():
+  distill.check_consistency_teacher(_cd(), _teacher())  # Another objective is the point.
+  sde = _teacher()
+  sde.diffusion.update(objective="sde_dsm")
+  distill.check_consistency_teacher(_cd(), sde)
+  with pytest.raises(ConfigError, match="objective='consistency_training'; consistency "
+                                        "distillation needs a teacher of"):
+    distill.check_consistency_teacher(_cd(), schema.load_config_file(
+        os.path.join(CONFIGS, "digits_consistency.py")))
+  big = _teacher()
+  big.data.update(channels=3)
+  with pytest.raises(ConfigError, match="it has config.data.channels=3, this run has 1"):
+    distill.check_consistency_teacher(_cd(), big)
+
+
+def test_consistency_distillation_without_teacher_is_refused():
+  from jaxdiff.config import validation
+  with pytest.raises(ConfigError, match="'consistency_distillation' needs "
+                                        "config.distill.teacher_workdir"):
+    validation.validate_config(_cd(teacher=None), num_devices=1)
