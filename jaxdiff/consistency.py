@@ -145,7 +145,9 @@ def ict_weights(boundaries: Array) -> Array:
 def denoise_on_sigma_axis(denoiser: Any, x: Array, sigma: Array) -> Array:
   """A teacher's x0 at noise level sigma = sigma_t / alpha_t of its own process: the point
   x = x_0 + sigma n of EDM's axis is alpha_t x of the teacher's, at t with log-SNR
-  -2 log sigma (Kingma et al. 2021's invariance of the flow to the process)."""
+  -2 log sigma (Kingma et al. 2021's invariance of the flow to the process). A level outside
+  the teacher's range is read at its nearest end (`t_from_log_snr` clips: a discrete
+  schedule's first timestep is noisier than EDM's sigma_min = 0.002)."""
   process = denoiser.process
   t = process.t_from_log_snr(-2.0 * jnp.log(sigma))
   alpha = process.marginal_coeffs(t)[0]

@@ -17,12 +17,19 @@ CT = ("--config.diffusion.curriculum_steps=20", "--config.diffusion.ct_s0=2",
       "--config.diffusion.ct_s1=8")
 
 
+def _merged(*overrides):
+  """The overrides, a later one replacing an earlier one of the same field."""
+  fields = {arg.split("=", 1)[0]: arg for arg in overrides}
+  return list(fields.values())
+
+
 def _run(env, config, workdir, *overrides, expect_ok=True):
   cmd = [sys.executable, os.path.join(ROOT, "train.py"),
          f"--config={os.path.join(ROOT, 'configs', config)}", f"--workdir={workdir}",
-         *with_overrides(f"--config.train.num_steps={STEPS}",
-                         "--config.train.checkpoint_every=10", "--config.train.log_every=5",
-                         "--config.train.async_checkpointing=false", *overrides)]
+         *with_overrides(*_merged(f"--config.train.num_steps={STEPS}",
+                                  "--config.train.checkpoint_every=10",
+                                  "--config.train.log_every=5",
+                                  "--config.train.async_checkpointing=false", *overrides))]
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
   if expect_ok:
     assert out.returncode == 0, out.stderr[-4000:]
