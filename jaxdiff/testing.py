@@ -384,3 +384,41 @@ def gaussian_kl(m0: np.ndarray, s0: np.ndarray, m1: np.ndarray, s1: np.ndarray) 
   diff = m1 - m0
   return 0.5 * (np.trace(s1_inv @ s0) + diff @ s1_inv @ diff - d
                 + np.linalg.slogdet(s1)[1] - np.linalg.slogdet(s0)[1])
+
+
+# --- Few-step generation: exact teacher maps for Gaussian data, any (alpha, sigma) -------
+
+
+def x0_affine(mean: np.ndarray, cov: np.ndarray, alpha: float,
+              sigma: float) -> tuple[np.ndarray, np.ndarray]:
+  """(P, q) with E[x_0 | x_t] = P x_t + q for N(mean, cov) data and x_t = alpha x_0 + sigma n:
+  P = alpha C (alpha^2 C + sigma^2 I)^{-1}, q = (I - alpha P) mean (Gaussian conditioning)."""
+  dim = len(mean)
+  gain = alpha * cov @ np.linalg.inv(alpha**2 * cov + sigma**2 * np.eye(dim))
+  return gain, (np.eye(dim) - alpha * gain) @ mean
+
+
+def ddim_x_step_affine(mean: np.ndarray, cov: np.ndarray, coeffs_from: tuple[float, float],
+                       coeffs_to: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+  """(A, b) of the eta = 0 DDIM step x_t -> alpha_s x0 + sigma_s / sigma_t (x_t - alpha_t x0)
+  with the exact x0 (Song et al. 2021, eq. 12; Salimans & Ho 2022, Algorithm 2); (alpha_s,
+  sigma_s) = (1, 0) is the clean end."""
+  (a_t, s_t), (a_s, s_s) = coeffs_from, coeffs_to
+  p, q = x0_affine(mean, cov, a_t, s_t)
+  scale = a_s - s_s * a_t / s_t
+  return scale * p + s_s / s_t * np.eye(len(mean)), scale * q
+
+
+def two_step_distillation_target_affine(mean: np.ndarray, cov: np.ndarray,
+                                        coeffs: Sequence[tuple[float, float]]
+                                        ) -> tuple[np.ndarray, np.ndarray]:
+  """(A, b) with x-tilde = A z_t + b, the target of Salimans & Ho 2022, Algorithm 2: two exact
+  DDIM steps t -> t' -> t'' (coeffs: (alpha, sigma) at the three points), then the x0 whose
+  one DDIM step t -> t'' lands there: x-tilde = (z'' - (sigma''/sigma) z) / (alpha'' -
+  (sigma''/sigma) alpha)."""
+  (a_t, s_t), _, (a_e, s_e) = coeffs
+  a1, b1 = ddim_x_step_affine(mean, cov, coeffs[0], coeffs[1])
+  a2, b2 = ddim_x_step_affine(mean, cov, coeffs[1], coeffs[2])
+  ratio = s_e / s_t
+  denom = a_e - ratio * a_t
+  return (a2 @ a1 - ratio * np.eye(len(mean))) / denom, (a2 @ b1 + b2) / denom

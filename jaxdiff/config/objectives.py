@@ -20,6 +20,14 @@ per-example loss of `config.diffusion.objective`:
   1) on the sigma axis (`jaxdiff.processes.EDMProcess(sigma_min, sigma_max)`), with
   `sigma_data`, ln(sigma) ~ N(p_mean, p_std^2); the U-Net is F, called at c_in x with time
   input c_noise * 999 = 999 ln(sigma) / 4.
+- "consistency_training": a consistency model trained without a teacher (Song et al. 2023,
+  Algorithm 3; improved CT of Song & Dhariwal 2024 by default): `jaxdiff.consistency`, on
+  `processes.EDMProcess(sigma_min, sigma_max)`; the target network is the model itself under
+  a stop-gradient (iCT's mu = 0), and N(k) follows the step k (a `CurriculumLoss`).
+- "consistency_distillation": the same model and choices, with x_hat_{t_n} one ODE step
+  (`config.diffusion.cd_solver`) of a trained teacher of any objective (Song et al. 2023,
+  Algorithm 2): `consistency_loss_fn(config, teacher=denoiser)`, built by the trainer from
+  `config.distill.teacher_workdir` (`jaxdiff.job.distill`).
 
 `process_from_config` and `denoiser_from_config` give the samplers the run's noise process
 (`jaxdiff.processes`) and its model as a denoiser (`jaxdiff.denoisers`); the model wrappers
@@ -27,6 +35,9 @@ per-example loss of `config.diffusion.objective`:
 and sampling cannot disagree on them.
 """
 
+import dataclasses
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,13 +45,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxdiff import denoisers, edm, flow, losses, processes, schedules, score_matching
+from jaxdiff import consistency, denoisers, edm, flow, losses, processes, schedules
+from jaxdiff import score_matching
 from jaxdiff import sde as sde_lib
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 LossFn = Callable[[ModelFn, jax.Array, jax.Array], jax.Array]
 
-OBJECTIVES = ("ddpm", "sde_dsm", "ncsn", "flow", "edm")
+OBJECTIVES = ("ddpm", "sde_dsm", "ncsn", "flow", "edm", "consistency_training",
+              "consistency_distillation")
+CONSISTENCY = ("consistency_training", "consistency_distillation")
+CURRICULA = ("ict", "ct")
+CT_METRICS = ("pseudo_huber", "l2")
 SDES = ("vpsde", "subvpsde", "vesde")  # config.diffusion.sde for "sde_dsm" (jaxdiff.sde)
 SDE_TIME_SCALE = 999.0
 
@@ -68,7 +84,7 @@ def process_from_config(diffusion_config: ml_collections.ConfigDict) -> Any:
   objective = diffusion_config.objective
   if objective == "ddpm":
     return schedule_from_config(diffusion_config)
-  if objective in ("ncsn", "edm"):
+  if objective in ("ncsn", "edm") or objective in CONSISTENCY:
     return processes.EDMProcess(sigma_min=diffusion_config.sigma_min,
                                 sigma_max=diffusion_config.sigma_max)
   if objective == "flow":
@@ -97,6 +113,9 @@ def denoiser_from_config(diffusion_config: ml_collections.ConfigDict, model_fn: 
                                    prediction="score")
   if objective == "edm":
     return denoisers.make_denoiser(edm_model_fn(diffusion_config, model_fn), process,
+                                   prediction="x0")
+  if objective in CONSISTENCY:
+    return denoisers.make_denoiser(consistency_model_fn(diffusion_config, model_fn), process,
                                    prediction="x0")
   prediction = "velocity" if objective == "flow" else "eps"
   return denoisers.make_denoiser(jax.tree_util.Partial(_continuous_output, model_fn), process,
@@ -155,7 +174,55 @@ def flow_time_options(diffusion_config: ml_collections.ConfigDict) -> dict[str, 
               shift=diffusion_config.time_shift)
 
 
-def make_loss_fn(diffusion_config: ml_collections.ConfigDict) -> LossFn:
+def consistency_model_fn(diffusion_config: ml_collections.ConfigDict,
+                         model_fn: ModelFn) -> jax.tree_util.Partial:
+  """f(x, sigma) of a "consistency_training" network (`jaxdiff.consistency`)."""
+  return consistency.consistency_model_fn(model_fn, sigma_data=diffusion_config.sigma_data,
+                                          sigma_min=diffusion_config.sigma_min)
+
+
+@dataclasses.dataclass(frozen=True)
+class CurriculumLoss:
+  """A loss that depends on the training step k: ``fn(model_fn, x0, rng, step)``; the
+  training step calls ``at_step(k)`` for the usual `LossFn`."""
+
+  fn: Callable[..., jax.Array]
+
+  def at_step(self, step: jax.Array) -> LossFn:
+    return functools.partial(self.fn, step=step)
+
+
+def _consistency_loss(diffusion_config: ml_collections.ConfigDict, teacher: Any,
+                      model_fn: ModelFn, x0: jax.Array, rng: jax.Array, *,
+                      step: jax.Array) -> jax.Array:
+  """Consistency training (no teacher) or distillation at step k (module docstring), [B]."""
+  c = diffusion_config
+  ict = c.curriculum == "ict"
+  curriculum = consistency.ict_num_scales if ict else consistency.ct_num_scales
+  num = curriculum(step, total_steps=c.curriculum_steps, s0=c.ct_s0, s1=c.ct_s1)
+  bounds = consistency.padded_boundaries(num, size=c.ct_s1 + 1, sigma_min=c.sigma_min,
+                                         sigma_max=c.sigma_max, rho=c.rho)
+  probs = consistency.interval_probs(bounds, lognormal=ict, p_mean=c.ct_p_mean,
+                                     p_std=c.ct_p_std)
+  if c.ct_metric == "pseudo_huber":
+    dim = math.prod(x0.shape[1:])
+    metric = functools.partial(consistency.pseudo_huber, c=consistency.huber_constant(dim))
+  else:
+    metric = consistency.squared_l2
+  f = consistency_model_fn(c, model_fn)
+  return consistency.consistency_loss(f, f, x0, rng, boundaries=bounds, probs=probs,
+                                      weights=consistency.ict_weights(bounds) if ict else None,
+                                      metric=metric, teacher=teacher, solver=c.cd_solver)
+
+
+def consistency_loss_fn(diffusion_config: ml_collections.ConfigDict, *,
+                        teacher: Any = None) -> CurriculumLoss:
+  """The loss of "consistency_training" (teacher None) or "consistency_distillation" (the
+  teacher's denoiser, of any process)."""
+  return CurriculumLoss(functools.partial(_consistency_loss, diffusion_config, teacher))
+
+
+def make_loss_fn(diffusion_config: ml_collections.ConfigDict) -> LossFn | CurriculumLoss:
   """`loss_fn(model_fn, x0, rng) -> per-example loss [B]` for `config.diffusion.objective`."""
   objective = diffusion_config.objective
   if objective == "ddpm":
@@ -186,4 +253,9 @@ def make_loss_fn(diffusion_config: ml_collections.ConfigDict) -> LossFn:
                    p_std=diffusion_config.p_std)
     return lambda model_fn, x0, rng: edm.edm_loss(
         jax.tree_util.Partial(_continuous_output, model_fn), x0, rng, **options)
+  if objective == "consistency_training":
+    return consistency_loss_fn(diffusion_config)
+  if objective == "consistency_distillation":
+    raise ValueError("config.diffusion.objective='consistency_distillation' needs its teacher: "
+                     "build the loss with consistency_loss_fn(config, teacher=denoiser).")
   raise ValueError(f"config.diffusion.objective={objective!r} is not one of {OBJECTIVES}.")

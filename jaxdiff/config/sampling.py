@@ -48,7 +48,8 @@ GRID_SAMPLERS = tuple(name for name, entry in SAMPLERS.items() if not entry.inpu
 
 def default_options(name: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The runner options a run's config sets for sampler ``name``: DDIM's eta, the ancestral
-  sampler's variance, ALD's step size and levels (NCSN's ladder: one level per scale)."""
+  sampler's variance, ALD's step size and levels (NCSN's ladder: one level per scale), and
+  the fewstep sampler's renoise (0 for a progressive-distillation student, 1 otherwise)."""
   sampler = SAMPLERS[name].sampler
   options: dict[str, Any] = {}
   if sampler == "ddim":
@@ -57,6 +58,8 @@ def default_options(name: str, config: ml_collections.ConfigDict) -> dict[str, A
     options["variance"] = config.diffusion.variance
   if sampler == "ald":
     options.update(step_lr=config.sample.ald_step_lr, denoise=True)
+  if sampler == "fewstep":  # A distilled student steps deterministically (DDIM).
+    options["renoise"] = 0.0 if config.distill.teacher_workdir is not None else 1.0
   return options
 
 

@@ -104,9 +104,22 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       time_shift=1.0,            # t -> shift t / (1 + (shift - 1) t) (eq. 23); 1 = none.
       # objective "edm" (jaxdiff.edm, Karras et al. 2022 Table 1); sigma_min / sigma_max above
       # bound its sampling grid.
-      sigma_data=0.5,            # Standard deviation of the data.
+      sigma_data=0.5,            # Standard deviation of the data (edm, consistency).
       p_mean=-1.2,               # Training noise levels ln(sigma) ~ N(p_mean, p_std^2).
       p_std=1.2,
+      # consistency_training (jaxdiff.consistency): the model lives on EDM's sigma axis
+      # [sigma_min, sigma_max] (set them to 0.002, 80), with these choices of Song et al.
+      # 2023 ("ct") or of improved CT (Song & Dhariwal 2024, "ict").
+      rho=7.0,                   # Karras et al.'s spacing of the N(k) levels.
+      curriculum="ict",          # "ict": doubling N(k), lognormal p(n), 1/gap weights;
+                                 # "ct": Song et al. 2023's N(k), uniform p(n), weight 1.
+      curriculum_steps=1,        # K of N(k): the step at which N(k) reaches ct_s1 + 1.
+      ct_s0=10,                  # N(0) = ct_s0 (+ 1 for "ict").
+      ct_s1=1280,                # The final N(K) = ct_s1 + 1.
+      ct_p_mean=-1.1,            # "ict": lognormal choice of the levels.
+      ct_p_std=2.0,
+      ct_metric="pseudo_huber",  # "pseudo_huber" (c = 0.00054 sqrt(d)) or "l2".
+      cd_solver="heun",          # consistency_distillation: the teacher's ODE step.
   ))
 
   config.data = ml_collections.ConfigDict(dict(
@@ -159,6 +172,16 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       clip_denoised=True,
       seed=0,
       ald_step_lr=2e-5,          # ald: Langevin step size at the smallest sigma.
+  ))
+
+  # Progressive distillation (jaxdiff.distillation, jaxdiff.job.distill): a round trains a
+  # student initialised from the teacher's EMA parameters, with the teacher's diffusion,
+  # model and data sections, to take student_steps steps of the "nested" grid where the
+  # teacher took twice as many. Consistency distillation reads its teacher (a run of any
+  # other objective with the same image shape) from teacher_workdir too.
+  config.distill = ml_collections.ConfigDict(dict(
+      teacher_workdir=config_dict.placeholder(str),  # None = not a distillation run.
+      student_steps=config_dict.placeholder(int),    # N; half the teacher's (if distilled).
   ))
 
   # Periodic evaluation during training (jaxdiff.job.evaluation.evaluate_during_training).

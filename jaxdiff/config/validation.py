@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxdiff import diffusion, ema, flow, losses, processes, schedules
+from jaxdiff import consistency, diffusion, ema, flow, losses, processes, schedules
 from jaxdiff.config import objectives, sampling
 from jaxdiff.config.schema import MODEL_NAMES, base_config, model_config
 from jaxdiff.evaluation import METRICS
@@ -23,6 +23,9 @@ from jaxdiff.evaluation import METRICS
 _CHOICES = {
     ("diffusion", "objective"): objectives.OBJECTIVES,
     ("diffusion", "sde"): objectives.SDES,
+    ("diffusion", "curriculum"): objectives.CURRICULA,
+    ("diffusion", "ct_metric"): objectives.CT_METRICS,
+    ("diffusion", "cd_solver"): consistency.SOLVERS,
     ("diffusion", "schedule"): schedules.SCHEDULE_KINDS,
     ("diffusion", "prediction"): diffusion.PREDICTIONS,
     ("diffusion", "loss_type"): losses.LOSS_TYPES,
@@ -41,6 +44,7 @@ _POSITIVE_INTS = (
     ("train", "num_steps"), ("train", "log_every"), ("train", "checkpoint_every"),
     ("train", "keep_checkpoints"), ("sample", "num_samples"), ("diffusion", "num_timesteps"),
     ("diffusion", "num_scales"), ("eval", "num_samples"), ("eval", "bpd_examples"),
+    ("diffusion", "curriculum_steps"), ("diffusion", "ct_s0"), ("diffusion", "ct_s1"),
 )
 _INCREASING = (("diffusion", "beta_min", "beta_max"), ("diffusion", "sigma_min", "sigma_max"))
 
@@ -163,6 +167,16 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
     if not 0 < low_value < high_value:
       raise ConfigError(f"config.{section}.{low}={low_value}, config.{section}.{high}="
                        f"{high_value}; expected 0 < {low} < {high}.")
+  if (config.diffusion.objective == "consistency_distillation") != (
+      config.distill.teacher_workdir is not None) and config.diffusion.objective in (
+          objectives.CONSISTENCY):
+    raise ConfigError("config.diffusion.objective='consistency_distillation' needs "
+                      "config.distill.teacher_workdir (a trained run), and "
+                      "'consistency_training' takes none.")
+  if config.diffusion.ct_s0 > config.diffusion.ct_s1:
+    raise ConfigError(f"config.diffusion.ct_s0={config.diffusion.ct_s0} exceeds "
+                      f"config.diffusion.ct_s1={config.diffusion.ct_s1}; expected "
+                      "ct_s0 <= ct_s1 (the first and the last N(k) - 1).")
   if not 0.0 < config.diffusion.sde_eps < 1.0:
     raise ConfigError(f"config.diffusion.sde_eps={config.diffusion.sde_eps}; expected (0, 1).")
   diffusion_config = config.diffusion

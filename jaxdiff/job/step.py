@@ -121,6 +121,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   if labels is not None and label_dropout > 0:
     labels = drop_labels(label_rng, labels, null_label=num_classes, drop_prob=label_dropout)
 
+  if hasattr(loss_fn, "at_step"):  # A curriculum (objectives.CurriculumLoss).
+    loss_fn = loss_fn.at_step(state.step)
+
   def objective(params: Any) -> jax.Array:
     def model_fn(x_t: jax.Array, t: jax.Array) -> jax.Array:
       return state.apply_fn({"params": params}, x_t, t, y=labels, train=True,

@@ -53,7 +53,7 @@ from jaxdiff import data, images, parallel
 from jaxdiff.config import builders, objectives, validation
 from jaxdiff.job import checkpoints as checkpointing
 from jaxdiff.job import cli
-from jaxdiff.job import distributed
+from jaxdiff.job import distill, distributed
 from jaxdiff.job import evaluation as eval_metrics
 from jaxdiff.job import generation
 from jaxdiff.job import posthoc_ema
@@ -118,6 +118,7 @@ class _Run:
   interval_start: float = 0.0         # Since the last log (perf_counter seconds) ...
   excluded: float = 0.0               # ... minus the time spent in periodic actions.
   preempted: bool = False
+  teacher: Any = None                 # Distillation: (the teacher's config, EMA params).
 
   @property
   def batch_sharding(self) -> jax.sharding.Sharding:
@@ -255,12 +256,19 @@ def _check_finite(run: _Run, step: int) -> None:
   run.fetched, run.checked_step = sums, step
 
 
+def _loss_fn(run: _Run) -> Any:
+  """The run's objective, or a distillation run's loss (`job.distill`)."""
+  if run.teacher is None:
+    return objectives.make_loss_fn(run.config.diffusion)
+  return distill.teacher_loss_fn(run.config, run.model, run.teacher)
+
+
 def _compile_step(run: _Run, batch: dict[str, jax.Array]) -> None:
   """Compiles the step for `batch`'s shapes and reads its FLOPs for the throughput logs."""
   config = run.config
   step = jax.jit(
       functools.partial(training.accumulating_train_step,
-                        loss_fn=objectives.make_loss_fn(config.diffusion),
+                        loss_fn=_loss_fn(run),
                         ema_decay=config.train.ema_decay,
                         label_dropout=config.train.label_dropout,
                         num_classes=config.model.num_classes,
@@ -374,7 +382,7 @@ def _abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
 
 
 def _initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                   checkpointer: checkpointing.Checkpointer
+                   checkpointer: checkpointing.Checkpointer, initial_params: Any = None
                    ) -> tuple[training.TrainState, jax.Array, Any, bool]:
   """(state, base rng key, state shardings, restored?): the newest good checkpoint's, else
   freshly initialised ones. Raises ConfigError if the checkpoint does not fit the config."""
@@ -388,6 +396,9 @@ def _initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     raise validation.ConfigError(f"{e} Resume with that config, or use another --workdir.")
   if restored is None:
     state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
+    if initial_params is not None:  # A distillation round starts from its teacher.
+      params = jax.device_put(initial_params, shardings.params)
+      state = state.replace(params=params, ema_params=jax.tree.map(jax.numpy.copy, params))
     # From a host value: device_put of a local jax.Array breaks across processes.
     return state, jax.device_put(np.asarray(train_rng), replicated), shardings, False
   if restored.step > config.train.num_steps:
@@ -425,7 +436,12 @@ def _setup(config: ml_collections.ConfigDict, workdir: epath.Path, *,
       async_save=train_config.async_checkpointing)
   try:
     _check_resume(config, workdir, checkpointer, allow_changes=allow_config_change)
-    state, train_rng, shardings, restored = _initial_state(config, mesh, checkpointer)
+    teacher = None
+    if config.distill.teacher_workdir is not None:
+      teacher = distill.load_teacher(config)
+    initial = None if teacher is None or config.diffusion.objective in objectives.CONSISTENCY \
+        else teacher[1]
+    state, train_rng, shardings, restored = _initial_state(config, mesh, checkpointer, initial)
   except BaseException:
     checkpointer.close()
     raise
@@ -441,7 +457,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: epath.Path, *,
       writer=MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start_step),
       learning_rate=training.learning_rate_schedule(
           learning_rate=train_config.learning_rate, warmup_steps=train_config.warmup_steps),
-      start_step=start_step)
+      start_step=start_step, teacher=teacher)
 
 
 def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,

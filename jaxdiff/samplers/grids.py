@@ -8,6 +8,9 @@ optionally followed by the clean end (alpha = 1, sigma = 0, lambda = +inf). The 
 - "time_uniform": uniform in t from t_max to t_min;
 - "time_quadratic": uniform in sqrt(t) (Lu et al. 2022a, App. D.1);
 - "logSNR": uniform in lambda (Lu et al. 2022a, Sec. 3.3);
+- "nested": t_min + (t_max - t_min) i / N for i = N .. 1, then the clean end: the grid of N
+  steps is every other point of the grid of 2N (progressive distillation's halving,
+  Salimans & Ho 2022, Algorithm 2, with its u = i / N mapped onto the process's times);
 - "karras": sigma-hat_i = (s_max^(1/rho) + i / (N - 1) (s_min^(1/rho) - s_max^(1/rho)))^rho
   with sigma-hat = sigma / alpha = exp(-lambda / 2) (Karras et al. 2022, eq. 5).
 
@@ -32,7 +35,7 @@ from jaxdiff import schedules
 
 Array = Any
 
-GRID_KINDS = ("discrete", "time_uniform", "time_quadratic", "logSNR", "karras")
+GRID_KINDS = ("discrete", "time_uniform", "time_quadratic", "logSNR", "karras", "nested")
 TIME_KINDS = ("time_uniform", "time_quadratic")
 
 # Karras et al. 2022's noise range (Sec. 5): where a process reaches sigma-hat = infinity
@@ -150,6 +153,8 @@ def continuous_times(process: Any, kind: str, num_points: int, *, t_min: Any,
     return jnp.linspace(t_max, t_min, num_points)
   if kind == "time_quadratic":
     return jnp.linspace(jnp.sqrt(t_max), jnp.sqrt(t_min), num_points) ** 2
+  if kind == "nested":
+    return t_min + (t_max - t_min) * jnp.arange(num_points, 0, -1, dtype=dtype) / num_points
   lam = process.log_snr(jnp.stack([t_max, t_min]))
   finite = jnp.isfinite(lam)
   karras_range = -2.0 * jnp.log(jnp.asarray([KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN], dtype))
