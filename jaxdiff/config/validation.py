@@ -10,7 +10,8 @@ from typing import Any
 import ml_collections
 
 from jaxdiff import diffusion, losses, schedules
-from jaxdiff.config import objectives, sampling
+from jaxdiff.config import builders, objectives, sampling
+from jaxdiff.data import tasks
 from jaxdiff.config.schema import MODEL_NAMES, base_config, model_config
 from jaxdiff.evaluation import METRICS
 
@@ -22,7 +23,7 @@ _CHOICES = {
     ("diffusion", "loss_type"): losses.LOSS_TYPES,
     ("diffusion", "variance"): diffusion.VARIANCES,
     ("diffusion", "weighting"): losses.WEIGHTINGS,
-    ("data", "source"): ("tfds", "idx"),
+    ("data", "source"): ("tfds", "idx", "photos"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("sample", "sampler"): sampling.GRID_SAMPLERS,
     ("model", "dtype"): ("float32", "bfloat16"),
@@ -112,6 +113,36 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
     raise ValueError("config.data.source='idx' needs config.data.idx_dir, the IDX folder.")
   _validate_objective(config)
   _validate_eval(config.eval, objective=config.diffusion.objective)
+  _validate_task(config)
+
+
+def _validate_task(config: ml_collections.ConfigDict) -> None:
+  """config.data.task fits the data (`Task.check`) and the model conditions on it: a U-Net
+  with condition_channels of the task's condition and the augmentation-level embedding
+  exactly when the task augments."""
+  task = tasks.task_from_config(config.data)
+  model = config.model
+  if task is None:
+    if model.get("condition_channels") is not None:
+      raise ValueError(f"config.model.condition_channels={model.condition_channels} needs an "
+                       "image-to-image task: set config.data.task.name")
+    return
+  image_shape = builders.image_shape(config)
+  task.check(image_shape)
+  if model.name != "unet":
+    raise ValueError(f"config.data.task.name={task.name!r} needs the U-Net "
+                     f"(config.model.name='unet'), not {model.name!r}")
+  channels = task.condition_shape(image_shape)[-1]
+  if model.condition_channels != channels:
+    raise ValueError(f"config.data.task.name={task.name!r} gives conditions of {channels} "
+                     f"channel(s); set config.model.condition_channels={channels}, not "
+                     f"{model.condition_channels}")
+  if model.aug_level_embedding != (task.augment_max > 0):
+    raise ValueError(f"config.model.aug_level_embedding={model.aug_level_embedding} must be "
+                     f"{task.augment_max > 0} when config.data.task.augment_max="
+                     f"{task.augment_max}")
+  if not 0.0 <= config.sample.aug_level <= 1.0:
+    raise ValueError(f"config.sample.aug_level={config.sample.aug_level}; expected [0, 1]")
 
 
 def _validate_objective(config: ml_collections.ConfigDict) -> None:

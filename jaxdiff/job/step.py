@@ -19,6 +19,9 @@ from flax import struct
 from jaxdiff.config import builders
 from jaxdiff.config.objectives import LossFn
 
+# Batch entries of an image-to-image task (jaxdiff.data.tasks), passed to the model by name.
+CONDITIONING_KEYS = ("condition", "aug_level")
+
 
 @struct.dataclass
 class TrainState:
@@ -84,7 +87,8 @@ def drop_labels(rng: jax.Array, labels: jax.Array, *, null_label: int,
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                loss_fn: LossFn, ema_decay: float, label_dropout: float = 0.0,
                num_classes: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update on `batch` ({"image": [B, H, W, C] in [-1, 1], "label": [B]}).
+  """One optimizer update on `batch` ({"image": [B, H, W, C] in [-1, 1], "label": [B]}; an
+  image-to-image task's "condition" and "aug_level" go to the model as keyword arguments).
 
   `rng` is the run's base key; this step's randomness is `fold_in(rng, state.step)`, so a
   resumed run repeats the same draws. The loss is the batch mean of `loss_fn`'s per-example
@@ -103,11 +107,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     labels = batch["label"]
   if labels is not None and label_dropout > 0:
     labels = drop_labels(label_rng, labels, null_label=num_classes, drop_prob=label_dropout)
+  conditioning = {key: batch[key] for key in CONDITIONING_KEYS if key in batch}
 
   def objective(params: Any) -> jax.Array:
     def model_fn(x_t: jax.Array, t: jax.Array) -> jax.Array:
       return state.apply_fn({"params": params}, x_t, t, y=labels, train=True,
-                            rngs={"dropout": dropout_rng})
+                            rngs={"dropout": dropout_rng}, **conditioning)
     return jnp.mean(loss_fn(model_fn, batch["image"], noise_rng))
 
   loss, grads = jax.value_and_grad(objective)(state.params)
