@@ -258,3 +258,39 @@ def sample_batches(config: ml_collections.ConfigDict, model: nn.Module, params: 
     if on_batch is not None:
       on_batch(index + 1, num_batches)
   return np.concatenate(outputs)[:request.num_samples]
+
+
+def check_cascade(configs: list[ml_collections.ConfigDict]) -> None:
+  """Raises ValueError (one line, before anything compiles) unless every stage after the
+  first is a super-resolution run whose condition is the previous stage's image size."""
+  for index in range(1, len(configs)):
+    task = tasks.task_from_config(configs[index].data)
+    previous = builders.image_shape(configs[index - 1])
+    if task is None or task.name != "super_resolution":
+      raise ValueError(f"cascade stage {index} is not a super-resolution run "
+                       f"(config.data.task.name={getattr(task, 'name', None)!r})")
+    wanted = task.condition_shape(builders.image_shape(configs[index]))
+    if wanted != previous:
+      raise ValueError(f"cascade stage {index} takes {wanted[0]}x{wanted[1]}x{wanted[2]} "
+                       f"conditions, but stage {index - 1} makes {previous[0]}x{previous[1]}x"
+                       f"{previous[2]} images: the resolutions do not chain")
+
+
+def sample_cascade(stages: list[tuple[ml_collections.ConfigDict, nn.Module, Any]],
+                   key: jax.Array, request: Request, *,
+                   mesh: Optional[jax.sharding.Mesh] = None) -> list[np.ndarray]:
+  """Each stage's images [N, H_k, W_k, C] of a cascade (Ho et al. 2022, CDM): stage 0 (a
+  base model, or any run) draws `request`; stage k > 0, a super-resolution run, takes stage
+  k - 1's images as its conditions, noised to `request.aug_level`, with the same sampler
+  and key fold_in(key, k). `stages` are (config, model, params); `check_cascade` runs
+  first."""
+  check_cascade([config for config, _, _ in stages])
+  outputs = []
+  for index, (config, model, params) in enumerate(stages):
+    if index:
+      request = dataclasses.replace(
+          request, conditions=outputs[-1], guidance_scale=1.0, image=None, mask=None,
+          reference=None, labels=cycled_labels(config.model.num_classes, request.num_samples))
+    outputs.append(sample_batches(config, model, params, jax.random.fold_in(key, index),
+                                  request, mesh=mesh))
+  return outputs
