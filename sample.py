@@ -86,8 +86,9 @@ def run(args: argparse.Namespace) -> tuple[str, str]:
   for name in ("sampler", "seed", "num_samples"):
     setattr(args, name, config.sample[name] if getattr(args, name) is None else getattr(args, name))
   conditions, references = cli.conditions_and_references(args, config)
-  request = cli.sampling_request(args, config, conditions)
   stages = cli.load_cascade(args, mesh, config, model, params) if args.cascade else None
+  request = cli.sampling_request(args, config, conditions,
+                                 augmented=[stage[0] for stage in stages[1:]] if stages else None)
   key = jax.random.PRNGKey(args.seed)
   with tqdm.tqdm(desc=args.sampler, unit="batch", disable=jax.process_index() != 0) as bar:
     try:

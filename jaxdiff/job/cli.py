@@ -247,10 +247,13 @@ def _runner_options(args: argparse.Namespace) -> dict:
 
 
 def sampling_request(args: argparse.Namespace, config: ml_collections.ConfigDict,
-                     conditions: np.ndarray | None = None) -> generation.Request:
+                     conditions: np.ndarray | None = None, *,
+                     augmented: list[ml_collections.ConfigDict] | None = None
+                     ) -> generation.Request:
   """The generation request of sample.py's command line over config.sample's defaults (with
   an image-to-image run's `conditions`), checked (missing inputs, options the sampler
-  cannot run) before anything compiles."""
+  cannot run) before anything compiles. `augmented`: the configs that --aug_level applies
+  to (a cascade's super-resolution stages; default: `config`)."""
   for name in sampling.SAMPLERS[args.sampler].inputs:
     if getattr(args, name) is None:
       raise CliError(f"--sampler {args.sampler} needs --{name}")
@@ -260,7 +263,9 @@ def sampling_request(args: argparse.Namespace, config: ml_collections.ConfigDict
   if args.rows is not None and not 1 <= args.rows <= args.num_samples:
     raise CliError(f"--rows must be in [1, {args.num_samples}], got {args.rows}")
   options = _runner_options(args)
-  if args.aug_level is not None and not config.model.get("aug_level_embedding"):
+  augmented = [config] if augmented is None else augmented
+  if args.aug_level is not None and not all(c.model.get("aug_level_embedding")
+                                            for c in augmented):
     raise CliError("--aug_level needs a model trained with noise-conditioning augmentation "
                    "(config.model.aug_level_embedding)")
   if (args.reference is None) != (args.ilvr_factor is None):
