@@ -13,7 +13,7 @@ from jaxdiff import images, resampling
 from jaxdiff.config import schema, validation
 from jaxdiff.data import pipeline, sources, tasks
 from jaxdiff.evaluation import restoration
-from jaxdiff.job import generation
+from jaxdiff.job import evaluation, generation
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
@@ -192,3 +192,19 @@ def test_cascade_stages_must_chain():
     generation.check_cascade([base, x4])
   with pytest.raises(ValueError, match="stage 1 is not a super-resolution run"):
     generation.check_cascade([base, base])
+
+
+def test_restoration_metrics_put_the_model_beside_the_bicubic_baseline():
+  config = _sr()
+  references = RNG.uniform(-1, 1, (3, 28, 28, 1)).astype(np.float32)
+  inputs = tasks.downsample(references, 2, "area")
+  result = evaluation.restoration_metrics(config, references, inputs, references)
+  assert result["psnr"] == 200.0 and result["ssim"] == 1.0 and result["consistency"] < 1e-6
+  bicubic = np.stack([np.asarray(Image.fromarray(image[..., 0], mode="F").resize(
+      (28, 28), Image.Resampling.BICUBIC))[..., None] for image in inputs])
+  np.testing.assert_allclose(result["baseline_psnr"],
+                             np.mean(restoration.psnr(bicubic, references)), rtol=1e-6)
+  assert result["baseline_psnr"] < 20.0 and result["psnr_stderr"] == 0.0
+  config.data.task.name = None
+  with pytest.raises(ValueError, match="needs an image-to-image run"):
+    evaluation.restoration_metrics(config, references, inputs, references)

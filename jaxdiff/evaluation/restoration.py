@@ -65,3 +65,18 @@ def consistency_error(outputs: np.ndarray, inputs: np.ndarray, factor: int) -> n
   """RMS [N] of area_downsample(outputs, factor) - inputs, on the [-1, 1] scale."""
   low = resampling.area_downsample(np.asarray(outputs, np.float64), factor)
   return np.sqrt(np.mean((low - np.asarray(inputs, np.float64)) ** 2, axis=(1, 2, 3)))
+
+
+def summary(outputs: np.ndarray, references: np.ndarray, *, inputs: np.ndarray | None = None,
+            factor: int | None = None) -> dict[str, float]:
+  """Mean PSNR and SSIM of outputs against references with their standard errors over the
+  images (std / sqrt(N)); with `inputs` and `factor` (area super-resolution) also the mean
+  consistency error."""
+  values = {"psnr": psnr(outputs, references), "ssim": ssim(outputs, references)}
+  if inputs is not None and factor is not None:
+    values["consistency"] = consistency_error(outputs, inputs, factor)
+  result = {}
+  for name, per_image in values.items():
+    result[name] = float(np.mean(per_image))
+    result[f"{name}_stderr"] = float(np.std(per_image) / np.sqrt(len(per_image)))
+  return result
