@@ -30,7 +30,7 @@ from jaxdiff.evaluation import METRICS, frechet, inception, restoration
 from jaxdiff.evaluation.classifier import TrainedClassifier, load_or_train_classifier
 from jaxdiff.evaluation.datasets import load_images
 from jaxdiff.evaluation.inception_score import inception_score
-from jaxdiff.job import generation
+from jaxdiff.job import generation, runtime
 
 
 # `python -m jaxdiff.evaluate --metrics` also scores a sample.py .npz of an image-to-image run.
@@ -38,9 +38,9 @@ TOOL_METRICS = METRICS + ("restoration",)
 
 
 def default_cache_dir() -> str:
-  """$JAXDIFF_CACHE, else ~/.cache/jaxdiff."""
-  return os.environ.get("JAXDIFF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                        "jaxdiff")
+  """jaxdiff's cache folder: $JAXDIFF_CACHE, else $XDG_CACHE_HOME/jaxdiff, else
+  ~/.cache/jaxdiff."""
+  return runtime.cache_root()
 
 
 def _dataset_tag(data_config: ml_collections.ConfigDict, split: str) -> str:
