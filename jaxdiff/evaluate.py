@@ -4,6 +4,9 @@ Metrics (`--metrics`, comma-separated; see jaxdiff.job.evaluation):
   bpd            test-set bits/dim with the full variational bound, and its standard error
   classifier_fd  Frechet distance in the features of a small classifier trained on the data
   fid            FID and Inception Score; needs --inception_weights (FID Inception .npz)
+  restoration    PSNR, SSIM (and the consistency error of super-resolution) of an
+                 image-to-image run's sample.py .npz (--samples, with its "inputs" and
+                 "references") beside the task's trivial baseline (bicubic upsampling, ...)
 
 Samples come from the workdir's newest (or --step) checkpoint, EMA parameters unless
 --no-ema, with config.sample's sampler (--sampler/--num_steps/--eta override it), or from
@@ -46,7 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
   p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--metrics", default="bpd,classifier_fd",
-                 help=f"comma-separated subset of {','.join(metrics.METRICS)}")
+                 help=f"comma-separated subset of {','.join(metrics.TOOL_METRICS)}")
   p.add_argument("--samples", default=None, help=".npz of uint8 images to score instead "
                                                  "of sampling")
   p.add_argument("--num_samples", type=int, default=1000)
@@ -73,10 +76,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   if (args.workdir is None) == (args.pretrained is None):
     raise cli.CliError("give exactly one of --workdir (a training run) and --pretrained")
   args.metrics = [m for m in args.metrics.split(",") if m]
-  unknown = [m for m in args.metrics if m not in metrics.METRICS]
+  unknown = [m for m in args.metrics if m not in metrics.TOOL_METRICS]
   if unknown or not args.metrics:
     raise cli.CliError(f"--metrics: unknown metric(s) {unknown or args.metrics}; choose from "
-                   f"{', '.join(metrics.METRICS)}")
+                   f"{', '.join(metrics.TOOL_METRICS)}")
+  if "restoration" in args.metrics and args.samples is None:
+    raise cli.CliError("--metrics restoration scores a sample.py .npz of an image-to-image "
+                       "run: give --samples")
   if "fid" in args.metrics and not args.inception_weights:
     raise cli.CliError("--metrics fid needs --inception_weights (the FID Inception .npz; see "
                    "jaxdiff/evaluation/inception.py for the conversion)")
@@ -99,6 +105,20 @@ def _load_samples(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
     raise cli.CliError(f"--samples {path!r} holds {samples.dtype} {samples.shape}; expected "
                    f"uint8 [N, {', '.join(map(str, image_shape))}]")
   return images.from_uint8(samples)
+
+
+def _restoration(path: str, config: Any) -> dict[str, Any]:
+  """`metrics.restoration_metrics` of a sample.py .npz ("images", "inputs", "references")."""
+  with np.load(path) as data:
+    missing = [k for k in ("images", "inputs", "references") if k not in data.files]
+    if missing:
+      raise cli.CliError(f"--samples {path!r} has no {missing} (keys: {data.files}); "
+                         "restoration needs sample.py's output on the test conditions")
+    arrays = [images.from_uint8(data[k]) for k in ("images", "inputs", "references")]
+  try:
+    return metrics.restoration_metrics(config, *arrays)
+  except ValueError as e:
+    raise cli.CliError(f"--metrics restoration: {e}") from None
 
 
 def _check_sampler(args: argparse.Namespace, config: Any) -> None:
@@ -181,6 +201,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   results: dict[str, Any] = {"step": loaded[4], "ema": args.ema}
   if "bpd" in args.metrics:
     results.update(_bpd(args, loaded, rng, mesh))
+  if "restoration" in args.metrics:
+    results.update(_restoration(args.samples, config))
   if {"classifier_fd", "fid"} & set(args.metrics):
     results.update(_sample_metrics(args, loaded, rng, mesh))
   return results

@@ -262,6 +262,89 @@ def classifier_log_prob(mix: GaussianMixture, process: Any,
   return fn
 
 
+# --- Conditional Gaussians: x given a noisy linear observation y = c A x + n ------------
+
+
+def downsample_operator(event_shape: Sequence[int], factor: int) -> np.ndarray:
+  """The matrix [h * w * C, H * W * C] of area downsampling (the mean of each factor x
+  factor block, row-major HWC flattening) of [H, W, C] images, from its definition."""
+  height, width, channels = event_shape
+  rows = []
+  for i in range(height // factor):
+    for j in range(width // factor):
+      for c in range(channels):
+        row = np.zeros(event_shape)
+        row[i * factor:(i + 1) * factor, j * factor:(j + 1) * factor, c] = 1.0 / factor**2
+        rows.append(row.ravel())
+  return np.asarray(rows)
+
+
+def augmentation_coefficients(level: Any) -> tuple[Any, Any]:
+  """(cos(pi s / 2), sin(pi s / 2)^2): the scale and noise variance of an observation
+  noise-augmented at level s (CDM, as `jaxdiff.data.tasks.noise_augment`)."""
+  angle = 0.5 * np.pi * level
+  return jnp.cos(angle), jnp.sin(angle) ** 2
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ObservedGaussian:
+  """x ~ N(mean, cov) (event_shape, flattened d) observed as y = scale * A x + n,
+  n ~ N(0, noise_var I): p(x | y) is Gaussian (Gaussian conditioning),
+
+      K = scale C A^T (scale^2 A C A^T + noise_var I)^{-1},
+      E[x | y] = mean + K (y - scale A mean),   Cov[x | y] = C - scale K A C,
+
+  the law an exact conditional sampler (super-resolution: A = `downsample_operator`)
+  reproduces. `model_fn` is the Bayes-optimal conditional model, eps given (x_t, y) on any
+  process: x | y is Gaussian N(m, P), so E[eps | x_t, y] = sigma (alpha^2 P + sigma^2 I)^{-1}
+  (x_t - alpha m), computed per example (y, scale and noise_var may differ by row)."""
+
+  mean: np.ndarray      # [*event_shape]
+  cov: np.ndarray       # [d, d], symmetric positive definite
+  operator: np.ndarray  # [k, d]
+
+  def posterior(self, y: np.ndarray, *, scale: float = 1.0,
+                noise_var: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (E[x | y] [d], Cov[x | y] [d, d]) for one observation y [k]."""
+    mean, cov, a = (np.asarray(v, np.float64) for v in (self.mean, self.cov, self.operator))
+    mean = mean.ravel()
+    gain = scale * cov @ a.T @ np.linalg.inv(scale**2 * a @ cov @ a.T
+                                             + noise_var * np.eye(len(a)))
+    return (mean + gain @ (np.asarray(y, np.float64).ravel() - scale * a @ mean),
+            cov - scale * gain @ a @ cov)
+
+  def eps(self, process: Any, x_t: Array, t: Array, y: Array, *, scale: Any = 1.0,
+          noise_var: Any = 0.0) -> Array:
+    """E[eps | x_t, y] [B, *event] (class docstring); scale, noise_var scalars or [B]."""
+    dtype, batch = x_t.dtype, x_t.shape[0]
+    mean, cov, a = (jnp.asarray(v, dtype) for v in (np.ravel(self.mean), self.cov,
+                                                    self.operator))
+    scale = jnp.broadcast_to(jnp.asarray(scale, dtype), (batch,))[:, None, None]
+    noise_var = jnp.broadcast_to(jnp.asarray(noise_var, dtype), (batch,))[:, None, None]
+    s_y = scale**2 * (a @ cov @ a.T) + noise_var * jnp.eye(a.shape[0], dtype=dtype)
+    gain = scale * jnp.swapaxes(jnp.linalg.solve(s_y, jnp.broadcast_to(
+        a @ cov, (batch,) + (a @ cov).shape)), 1, 2)                    # [B, d, k]
+    residual = y.reshape(batch, -1).astype(dtype) - scale[:, :, 0] * (a @ mean)
+    post_mean = mean + jnp.einsum("bdk,bk->bd", gain, residual)
+    post_cov = cov - scale * gain @ a @ cov
+    alpha, sigma = _coefficients(process, t, dtype)
+    s_t = alpha[:, None, None]**2 * post_cov + sigma[:, None, None]**2 * jnp.eye(len(mean),
+                                                                                 dtype=dtype)
+    x = x_t.reshape(batch, -1) - alpha[:, None] * post_mean
+    return (sigma[:, None] * jnp.linalg.solve(s_t, x[..., None])[..., 0]).reshape(x_t.shape)
+
+  def model_fn(self, process: Any, *, prediction: str = "eps"
+               ) -> Callable[..., Array]:
+    """The exact ``model_fn(x_t, t, y, aug_level=None)``: with ``aug_level`` s [B], y is
+    taken as observed through `augmentation_coefficients(s)` (CDM's augmentation)."""
+    def fn(x_t: Array, t: Array, y: Array, aug_level: Optional[Array] = None) -> Array:
+      scale, noise_var = (1.0, 0.0) if aug_level is None else augmentation_coefficients(
+          jnp.asarray(aug_level, x_t.dtype))
+      value = self.eps(process, x_t, t, y, scale=scale, noise_var=noise_var)
+      return to_prediction(process, x_t, t, value, prediction=prediction)
+    return fn
+
+
 # --- NumPy float64 oracles: exact laws of whole chains for Gaussian data --------------
 
 

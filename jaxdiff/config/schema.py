@@ -46,6 +46,11 @@ def model_config(name: str = "unet") -> ml_collections.ConfigDict:
         num_groups=32,
         dtype="float32",
         remat=False,
+        # Image-to-image models (config.data.task): the condition's channels, how the model
+        # resizes a lower-resolution condition, and CDM's augmentation-level embedding.
+        condition_channels=config_dict.placeholder(int),
+        condition_resize="cubic",
+        aug_level_embedding=False,
     ))
   elif name == "dit":  # DiT-S/2 (Peebles & Xie 2023, Table 4).
     section = ml_collections.ConfigDict(dict(
@@ -123,7 +128,7 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
   ))
 
   config.data = ml_collections.ConfigDict(dict(
-      source="tfds",             # "tfds": a TFDS dataset by name; "idx": local IDX files.
+      source="tfds",             # "tfds" (by name), "idx" (local IDX files), "photos".
       name="sklearn_digits",     # TFDS name (jaxdiff registers "sklearn_digits").
       split="train",
       data_dir=config_dict.placeholder(str),  # TFDS data_dir; None = TFDS's default.
@@ -133,6 +138,17 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       channels=1,
       random_flip=False,         # Random horizontal flips.
       prefetch=2,                # Batches prepared ahead and placed on the devices.
+      # An image-to-image task (jaxdiff.data.tasks): the batches carry its condition.
+      task=ml_collections.ConfigDict(dict(
+          name=config_dict.placeholder(str),  # None (unconditional) or a task of TASKS.
+          factor=4,                # super_resolution: the downsampling factor.
+          downsample="area",       # super_resolution: "area" or "bicubic".
+          mask="box",              # inpainting: "box" or "free_form".
+          uncrop="half",           # uncropping: "half" or "quarter".
+          jpeg_quality=(5, 30),    # jpeg_restoration: quality uniform in [lo, hi].
+          augment_max=0.0,         # CDM noise augmentation: level s ~ U(0, augment_max).
+          condition_dropout=0.0,   # P(condition -> zeros), for classifier-free guidance.
+      )),
   ))
 
   config.train = ml_collections.ConfigDict(dict(
@@ -172,6 +188,7 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       clip_denoised=True,
       seed=0,
       ald_step_lr=2e-5,          # ald: Langevin step size at the smallest sigma.
+      aug_level=0.0,             # Image-to-image: the condition's augmentation level s.
   ))
 
   # Progressive distillation (jaxdiff.distillation, jaxdiff.job.distill): a round trains a

@@ -23,13 +23,18 @@ import ml_collections
 import numpy as np
 
 from jaxdiff import images
-from jaxdiff.config import objectives
+from jaxdiff.config import builders, objectives
+from jaxdiff.data import tasks
 from jaxdiff.evaluation import bpd as bpd_lib
-from jaxdiff.evaluation import METRICS, frechet, inception
+from jaxdiff.evaluation import METRICS, frechet, inception, restoration
 from jaxdiff.evaluation.classifier import TrainedClassifier, load_or_train_classifier
 from jaxdiff.evaluation.datasets import load_images
 from jaxdiff.evaluation.inception_score import inception_score
 from jaxdiff.job import generation, runtime
+
+
+# `python -m jaxdiff.evaluate --metrics` also scores a sample.py .npz of an image-to-image run.
+TOOL_METRICS = METRICS + ("restoration",)
 
 
 def default_cache_dir() -> str:
@@ -192,3 +197,22 @@ def evaluate_during_training(config: ml_collections.ConfigDict, model: nn.Module
                                       cache_dir=cache_dir)
       results.update(fid_and_inception_score(reference, samples))
   return results
+
+
+def restoration_metrics(config: ml_collections.ConfigDict, outputs: np.ndarray,
+                        inputs: np.ndarray, references: np.ndarray) -> dict[str, float]:
+  """PSNR and SSIM (`jaxdiff.evaluation.restoration`; for area super-resolution also the
+  consistency error, Saharia et al. 2021) of an image-to-image run's outputs against the
+  references, beside those of the trivial baseline (keys prefixed "baseline_"): the inputs
+  as sample.py saves them (`Task.display`: the gray image, the known pixels, the JPEG),
+  upsampled with Pillow's bicubic filter for super-resolution. Arrays in [-1, 1]."""
+  task = tasks.task_from_config(config.data)
+  if task is None:
+    raise ValueError("restoration needs an image-to-image run (config.data.task.name is None)")
+  shape = builders.image_shape(config)
+  super_resolution = task.name == "super_resolution"
+  factor = task.factor if super_resolution and task.downsample == "area" else None
+  baseline = tasks.bicubic_resize(inputs, shape[:2]) if super_resolution else inputs
+  model = restoration.summary(outputs, references, inputs=inputs, factor=factor)
+  floor = restoration.summary(baseline, references, inputs=inputs, factor=factor)
+  return {**model, **{f"baseline_{name}": value for name, value in floor.items()}}

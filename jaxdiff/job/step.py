@@ -20,6 +20,9 @@ from jaxdiff import ema
 from jaxdiff.config import builders
 from jaxdiff.config.objectives import LossFn
 
+# Batch entries of an image-to-image task (jaxdiff.data.tasks), passed to the model by name.
+CONDITIONING_KEYS = ("condition", "aug_level")
+
 
 @struct.dataclass
 class TrainState:
@@ -97,7 +100,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
                num_classes: int | None = None, proceed: jax.Array | None = None,
                posthoc_gammas: tuple[float, ...] = ()
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update on `batch` ({"image": [B, H, W, C] in [-1, 1], "label": [B]}).
+  """One optimizer update on `batch` ({"image": [B, H, W, C] in [-1, 1], "label": [B]}; an
+  image-to-image task's "condition" and "aug_level" go to the model as keyword arguments).
 
   `rng` is the run's base key; this step's randomness is `fold_in(rng, state.step)`, so a
   resumed run repeats the same draws. The loss is the batch mean of `loss_fn`'s per-example
@@ -120,6 +124,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     labels = batch["label"]
   if labels is not None and label_dropout > 0:
     labels = drop_labels(label_rng, labels, null_label=num_classes, drop_prob=label_dropout)
+  conditioning = {key: batch[key] for key in CONDITIONING_KEYS if key in batch}
 
   if hasattr(loss_fn, "at_step"):  # A curriculum (objectives.CurriculumLoss).
     loss_fn = loss_fn.at_step(state.step)
@@ -127,7 +132,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   def objective(params: Any) -> jax.Array:
     def model_fn(x_t: jax.Array, t: jax.Array) -> jax.Array:
       return state.apply_fn({"params": params}, x_t, t, y=labels, train=True,
-                            rngs={"dropout": dropout_rng})
+                            rngs={"dropout": dropout_rng}, **conditioning)
     return jnp.mean(loss_fn(model_fn, batch["image"], noise_rng))
 
   loss, grads = jax.value_and_grad(objective)(state.params)
