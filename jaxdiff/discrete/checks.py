@@ -32,11 +32,11 @@ def check_tokens(name: str, x: Array, num_classes: int) -> None:
                        f"categories (expected 0..{num_classes - 1})")
 
 
-def check_logits(model_fn: Callable[..., Array], x: Array, t_dtype: Any,
+def check_logits(model_fn: Callable[..., Array], shape: tuple[int, ...], t_dtype: Any,
                  num_classes: int) -> None:
-  """Raises ValueError unless ``model_fn(x_t, t)`` returns logits x.shape + (K,), judged
-  from shapes alone (jax.eval_shape: nothing runs or compiles)."""
-  shape = tuple(jnp.shape(x))
+  """Raises ValueError unless ``model_fn(x_t, t)`` returns logits ``shape + (K,)`` for
+  tokens x_t of ``shape``, judged from shapes alone (jax.eval_shape: nothing runs)."""
+  shape = tuple(shape)
   x_spec = jax.ShapeDtypeStruct(shape, jnp.int32)
   t_spec = jax.ShapeDtypeStruct(shape[:1], t_dtype)
   out = jax.eval_shape(model_fn, x_spec, t_spec)

@@ -95,7 +95,7 @@ def d3pm_sample(model_fn: ModelFn, kernel: Kernel, rng: Array,
   shape = _start(shape, x_T, kernel.num_classes)
   sampler_checks.check_key(rng)
   stride = _stride(trajectory_stride)
-  checks.check_logits(model_fn, jnp.zeros(shape, jnp.int32), jnp.int32, kernel.num_classes)
+  checks.check_logits(model_fn, shape, jnp.int32, kernel.num_classes)
   x, frames = _d3pm_chain(denoisers.traceable(model_fn, name="model_fn"), kernel, rng, x_T,
                           shape=shape, trajectory_stride=stride)
   return _result(x, frames)
@@ -142,8 +142,7 @@ def unmask_sample(model_fn: ModelFn, schedule: MaskingSchedule, rng: Array,
   num_steps = sampler_checks.check_positive_int("num_steps", num_steps)
   sampler_checks.check_key(rng)
   stride = _stride(trajectory_stride)
-  checks.check_logits(model_fn, jnp.zeros(shape, jnp.int32), jnp.result_type(float),
-                      num_classes)
+  checks.check_logits(model_fn, shape, jnp.result_type(float), num_classes)
   x, frames = _unmask_chain(denoisers.traceable(model_fn, name="model_fn"), schedule, rng,
                             x_T, shape=shape, num_classes=num_classes, num_steps=num_steps,
                             trajectory_stride=stride)
