@@ -3,18 +3,18 @@
 Samples the newest (or --step) checkpoint of DIR with its EMA parameters (--no-ema: the raw
 ones) through the one generation path (`jaxdiff.job.generation.sample_batches`, also used by
 evaluation and the trainer: the same --seed and --batch_size give the same images) and
-writes a PNG grid and an .npz of uint8 images ("images", and "labels" for a conditional
-model) into DIR or --out. Unset options default to the run's config.sample. Samplers
-(`jaxdiff.config.sampling.SAMPLERS`) run on any run; --image with --mask inpaints (RePaint
-with --resample_count > 1), --image alone edits (SDEdit, --strength); ald's --num_steps
-counts Langevin steps per noise level. Example:
+writes a PNG grid (the words, a .txt, for a word-list run) and an .npz of uint8 images
+("images", and "labels" for a conditional model) into DIR or --out. Unset options default
+to the run's config.sample. Samplers (`jaxdiff.config.sampling.SAMPLERS`) run on any
+Gaussian run (a discrete one samples with "d3pm" or "unmask"); --image with --mask
+inpaints (RePaint with --resample_count > 1), --image alone edits (SDEdit, --strength);
+ald's --num_steps counts Langevin steps per noise level. Example:
     python sample.py --workdir runs/digits --sampler dpm_solver_pp_2m --num_steps 20
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import jax
@@ -103,8 +103,8 @@ def _request(args: argparse.Namespace, config: object) -> generation.Request:
       options=tuple(_options(args).items()))
 
 
-def run(args: argparse.Namespace) -> tuple[str, str]:
-  """Samples as `args` says; returns the paths of the PNG grid and the .npz written."""
+def run(args: argparse.Namespace) -> tuple[str, ...]:
+  """Samples as `args` says; returns the paths written (PNG grid or words .txt, .npz)."""
   mesh = parallel.make_mesh()
   config, restored = cli.load_run(args.workdir, step=args.step, mesh=mesh)
   out_dir = args.out or args.workdir
@@ -121,13 +121,11 @@ def run(args: argparse.Namespace) -> tuple[str, str]:
           request, mesh=mesh, on_batch=lambda done, total: bar.update(1))
     except ValueError as e:  # the runner's checks of the request (before compiling)
       raise cli.CliError(f"--sampler {args.sampler}: {e}") from None
-  samples = images.to_uint8(samples)
   stem = args.name or f"samples_{args.sampler}_{restored.step}_seed{args.seed}"
-  png_path, npz_path = (os.path.join(out_dir, stem + ext) for ext in (".png", ".npz"))
-  if jax.process_index() == 0:
-    images.save_grid(png_path, samples, rows=args.rows)
-    images.save_npz(npz_path, samples, labels=request.labels)
-  return png_path, npz_path
+  if jax.process_index() != 0:
+    return ()
+  return cli.save_samples(out_dir, stem, images.to_uint8(samples), config,
+                          labels=request.labels, rows=args.rows)
 
 
 def main(argv: list[str]) -> int:
@@ -135,11 +133,11 @@ def main(argv: list[str]) -> int:
   try:
     args = parse_args(argv)
     absl_logging.set_verbosity(absl_logging.WARNING)
-    png_path, npz_path = run(args)
+    paths = run(args)
   except cli.CliError as e:
     print(f"sample.py: error: {e}", file=sys.stderr)
     return 2
-  print(f"wrote {png_path} and {npz_path}")
+  print(f"wrote {' and '.join(paths)}")
   return 0
 
 

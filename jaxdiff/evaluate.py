@@ -4,6 +4,8 @@ Metrics (`--metrics`, comma-separated; see jaxdiff.job.evaluation):
   bpd            test-set bits/dim with the full variational bound, and its standard error
   classifier_fd  Frechet distance in the features of a small classifier trained on the data
   fid            FID and Inception Score; needs --inception_weights (FID Inception .npz)
+  words          a word-list run's samples: shares well formed, in the word list, in the
+                 training split, new; unigram and bigram baselines' shares in the list
 
 Samples come from the workdir's newest (or --step) checkpoint, EMA parameters unless
 --no-ema, with config.sample's sampler (--sampler/--num_steps/--eta override it), or from
@@ -29,7 +31,7 @@ import tqdm
 from absl import logging as absl_logging
 
 from jaxdiff import images, parallel
-from jaxdiff.config import builders, sampling
+from jaxdiff.config import builders, sampling, validation
 from jaxdiff.job import cli
 from jaxdiff.job import evaluation as metrics
 
@@ -106,9 +108,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sampling.check_fits(config.sample.sampler, config, num_steps=config.sample.num_steps)
   except ValueError as e:
     raise cli.CliError(f"--sampler {config.sample.sampler}: {e}") from None
-  if "bpd" in args.metrics and config.diffusion.objective != "ddpm":
-    raise cli.CliError(f"--metrics bpd is the discrete variational bound; this run's objective "
-                   f"is {config.diffusion.objective!r}, not 'ddpm'")
+  if "bpd" in args.metrics and config.diffusion.objective not in validation.BPD_OBJECTIVES:
+    raise cli.CliError(f"--metrics bpd is a variational bound; this run's objective is "
+                       f"{config.diffusion.objective!r}, not one of "
+                       f"{validation.BPD_OBJECTIVES}")
+  if "words" in args.metrics and config.data.source != "words":
+    raise cli.CliError(f"--metrics words scores a word-list run; this run's data source is "
+                       f"{config.data.source!r}")
   model = builders.build_model(config)
   params = restored.state.ema_params if args.ema else restored.state.params
   cache_dir = args.cache_dir or metrics.default_cache_dir()
@@ -125,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  on_batch=progress)
     results.update(bpd=bpd.bpd, bpd_stderr=bpd.stderr, bpd_prior=bpd.prior_bpd,
                    bpd_decoder=float(bpd.vb[0]), bpd_examples=bpd.num_examples)
-  if {"classifier_fd", "fid"} & set(args.metrics):
+  if {"classifier_fd", "fid", "words"} & set(args.metrics):
     if args.samples is not None:
       samples = _load_samples(args.samples, builders.image_shape(config))
     else:
@@ -134,6 +140,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                          batch_size=min(args.batch_size, args.num_samples),
                                          mesh=mesh)
     results["num_samples"] = len(samples)
+    if "words" in args.metrics:
+      results.update(metrics.word_metrics(config, samples, seed=args.seed))
     if "classifier_fd" in args.metrics:
       reference = metrics.classifier_reference(config.data, cache_dir=cache_dir,
                                                split=args.reference_split)

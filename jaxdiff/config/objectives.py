@@ -12,6 +12,8 @@ per-example loss of `config.diffusion.objective`:
 - "ncsn": the noise-conditional score network (Song & Ermon 2019, eq. 5-6) over the
   geometric ladder `ncsn_sigmas`; the U-Net gets the index i of sigma_i in the ascending
   ladder as its timestep and score(x, sigma_i) = model(x, i) / sigma_i.
+- "d3pm", "masked": discrete-state diffusion on categories (`jaxdiff.config.categorical`);
+  they have no Gaussian process or denoiser.
 
 `process_from_config` and `denoiser_from_config` give the samplers the run's noise process
 (`jaxdiff.processes`) and its model as a denoiser (`jaxdiff.denoisers`); the model wrappers
@@ -28,11 +30,12 @@ import ml_collections
 
 from jaxdiff import denoisers, losses, processes, schedules, score_matching
 from jaxdiff import sde as sde_lib
+from jaxdiff.config import categorical
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 LossFn = Callable[[ModelFn, jax.Array, jax.Array], jax.Array]
 
-OBJECTIVES = ("ddpm", "sde_dsm", "ncsn")
+OBJECTIVES = ("ddpm", "sde_dsm", "ncsn") + categorical.OBJECTIVES
 SDES = ("vpsde", "subvpsde", "vesde")  # config.diffusion.sde for "sde_dsm" (jaxdiff.sde)
 SDE_TIME_SCALE = 999.0
 
@@ -73,7 +76,11 @@ def denoiser_from_config(diffusion_config: ml_collections.ConfigDict, model_fn: 
   fractional) timesteps; "sde_dsm": eps at t * 999; "ncsn": the score model(x, i) / sigma_i
   at the nearest ladder level i.
   """
-  objective, process = diffusion_config.objective, process_from_config(diffusion_config)
+  objective = diffusion_config.objective
+  if objective in categorical.OBJECTIVES:
+    raise ValueError(f"objective {objective!r} is discrete-state: it has no Gaussian denoiser "
+                     "(see jaxdiff.config.categorical)")
+  process = process_from_config(diffusion_config)
   if objective == "ddpm":
     return denoisers.make_denoiser(model_fn, process, prediction=diffusion_config.prediction,
                                    learned_variance=learned_variance)
@@ -124,6 +131,8 @@ def ncsn_score_fn(diffusion_config: ml_collections.ConfigDict,
 def make_loss_fn(diffusion_config: ml_collections.ConfigDict) -> LossFn:
   """`loss_fn(model_fn, x0, rng) -> per-example loss [B]` for `config.diffusion.objective`."""
   objective = diffusion_config.objective
+  if objective in categorical.OBJECTIVES:
+    return categorical.make_loss_fn(diffusion_config)
   if objective == "ddpm":
     schedule = schedule_from_config(diffusion_config)
     options = dict(prediction=diffusion_config.prediction,

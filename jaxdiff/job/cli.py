@@ -13,6 +13,8 @@ import ml_collections
 import numpy as np
 
 from jaxdiff import images, parallel
+from jaxdiff.data import words
+from jaxdiff.discrete import levels
 from jaxdiff.job import checkpoints, generation
 
 
@@ -94,3 +96,23 @@ def load_guide(image_path: str | None, mask_path: str | None, image_shape: tuple
   if mask_path is not None:
     mask = (_load_image(mask_path, "--mask", channels=1, size=size) >= 128)[None]
   return guide, mask
+
+
+def save_samples(out_dir: str, stem: str, samples: np.ndarray,
+                 config: ml_collections.ConfigDict, *, labels: np.ndarray | None = None,
+                 rows: int | None = None) -> tuple[str, str]:
+  """Writes uint8 samples [N, H, W, C] into ``out_dir``: ``stem.npz`` ("images", and
+  "labels" when given) and a PNG grid ``stem.png``, or for a word-list run
+  (config.data.source "words") the words, one a line, in ``stem.txt`` (a malformed sample
+  as its letters with "." for the end token). Returns (the .png or .txt path, the .npz path)."""
+  npz_path = os.path.join(out_dir, stem + ".npz")
+  if config.data.source == "words":
+    first = os.path.join(out_dir, stem + ".txt")
+    with open(first, "w") as f:
+      f.writelines(line + "\n" for line in words.render(
+          np.asarray(levels.uint8_to_tokens(samples, words.NUM_TOKENS))))
+  else:
+    first = os.path.join(out_dir, stem + ".png")
+    images.save_grid(first, samples, rows=rows)
+  images.save_npz(npz_path, samples, labels=labels)
+  return first, npz_path

@@ -8,6 +8,8 @@ noise and its chain; class labels cycle 0, 1, ..., K - 1 over the sample index. 
 becomes the run's denoiser (`jaxdiff.config.objectives.denoiser_from_config`) with
 classifier-free guidance, the x0 maps (clipping, dynamic thresholding) and the sampler of
 the table `jaxdiff.config.sampling.SAMPLERS`, with inpainting or SDEdit from a guide image.
+A discrete run ("d3pm", "masked") draws its tokens with `jaxdiff.config.categorical.generate`
+and returns their images.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from flax import linen as nn
 from jax.experimental import multihost_utils
 
 from jaxdiff import parallel, samplers, sde_samplers
-from jaxdiff.config import builders, objectives, sampling
+from jaxdiff.config import builders, categorical, objectives, sampling
 from jaxdiff.samplers import discrete, pc
 
 
@@ -156,8 +158,13 @@ def sample_batches(config: ml_collections.ConfigDict, model: nn.Module, params: 
       labels = jax.device_put(rows.astype(np.int32), sharding)
     model_fn = model_fn_for(model, params, labels=labels, guidance_scale=request.guidance_scale,
                             null_label=config.model.num_classes)
-    batch = _one_batch(config, _denoiser(config, model_fn, request),
-                       jax.random.fold_in(key, index), request, sharding, shape)
+    batch_key = jax.random.fold_in(key, index)
+    if categorical.is_categorical(config):
+      batch = categorical.generate(config, model_fn, batch_key, shape,
+                                   num_steps=request.num_steps, sharding=sharding)
+    else:
+      batch = _one_batch(config, _denoiser(config, model_fn, request), batch_key, request,
+                         sharding, shape)
     outputs.append(np.asarray(multihost_utils.process_allgather(batch, tiled=True)))
     if on_batch is not None:
       on_batch(index + 1, num_batches)

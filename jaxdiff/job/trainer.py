@@ -27,7 +27,7 @@ import tqdm
 from etils import epath
 
 from jaxdiff import data, images, parallel
-from jaxdiff.config import builders, objectives, validation
+from jaxdiff.config import builders, categorical, objectives, validation
 from jaxdiff.job import checkpoints as checkpointing
 from jaxdiff.job import evaluation as eval_metrics
 from jaxdiff.job import generation
@@ -106,6 +106,7 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
   replicated = parallel.replicated(mesh)
   source = data.make_source(config.data)
   _check_labels(config, source)
+  categorical.check_data(config, source)
 
   model, tx = builders.build_model(config), training.build_optimizer(config)
   learning_rate = training.learning_rate_schedule(
