@@ -8,7 +8,8 @@ writes a PNG grid (the words, a .txt, for a word-list run) and an .npz of uint8 
 to the run's config.sample. Samplers (`jaxdiff.config.sampling.SAMPLERS`) run on any
 Gaussian run (a discrete one samples with "d3pm" or "unmask"); --image with --mask
 inpaints (RePaint with --resample_count > 1), --image alone edits (SDEdit, --strength);
-ald's --num_steps counts Langevin steps per noise level. Example:
+ald's --num_steps counts Langevin steps per noise level. --pretrained DIR samples an
+imported diffusers UNet2DModel folder (with its scheduler config) instead of a run. Example:
     python sample.py --workdir runs/digits --sampler dpm_solver_pp_2m --num_steps 20
 """
 
@@ -22,8 +23,8 @@ import tqdm
 from absl import logging as absl_logging
 
 from jaxdiff import images, parallel
-from jaxdiff.config import builders, sampling
-from jaxdiff.job import cli, generation
+from jaxdiff.config import sampling
+from jaxdiff.job import cli, generation, runtime
 
 SAMPLERS = sampling.SAMPLERS
 
@@ -31,7 +32,8 @@ SAMPLERS = sampling.SAMPLERS
 def parse_args(argv: list[str]) -> argparse.Namespace:
   """The command line (see the module docstring)."""
   p = cli.OneLineParser(prog="sample.py", description=__doc__.split("\n")[0])
-  p.add_argument("--workdir", required=True, help="training workdir (config.json, checkpoints/)")
+  p.add_argument("--workdir", help="training workdir (config.json, checkpoints/)")
+  p.add_argument("--pretrained", help="a diffusers UNet2DModel folder instead of --workdir")
   p.add_argument("--step", type=int, help="checkpoint step (default: newest)")
   p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default: config.sample)")
@@ -53,6 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--out", help="output folder (default: the workdir)")
   p.add_argument("--name", help="file stem (default: samples_<sampler>_<step>_seed<seed>)")
   args = p.parse_args(argv)
+  if (args.workdir is None) == (args.pretrained is None):
+    raise cli.CliError("give exactly one of --workdir (a training run) and --pretrained")
   if args.sampler is not None and args.sampler not in SAMPLERS:
     raise cli.CliError(f"--sampler {args.sampler!r} does not exist; choose one of "
                        f"{', '.join(SAMPLERS)}")
@@ -63,65 +67,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   return args
 
 
-def _options(args: argparse.Namespace) -> dict:
-  """The runner options of the command line: DDIM's eta, RePaint's jumps."""
-  eta = args.eta is not None and SAMPLERS[args.sampler].sampler == "ddim"
-  repaint = dict(jump_length=args.jump_length, resample_count=args.resample_count)
-  return {**({"eta": args.eta} if eta else {}), **(repaint if args.mask else {})}
-
-
-def _check_inputs(args: argparse.Namespace, config: object) -> None:
-  """Raises CliError for missing inputs or options the sampler cannot run."""
-  for name in SAMPLERS[args.sampler].inputs:
-    if getattr(args, name) is None:
-      raise cli.CliError(f"--sampler {args.sampler} needs --{name}")
-  if args.guidance_scale is not None and config.model.num_classes is None:
-    raise cli.CliError("--guidance_scale needs a class-conditional model; this one is "
-                       "unconditional (config.model.num_classes is None)")
-  if args.rows is not None and not 1 <= args.rows <= args.num_samples:
-    raise cli.CliError(f"--rows must be in [1, {args.num_samples}], got {args.rows}")
-  try:
-    sampling.check_fits(args.sampler, config, num_steps=args.num_steps,
-                        **{k: v for k, v in _options(args).items() if k == "eta"})
-  except ValueError as e:
-    raise cli.CliError(f"--sampler {args.sampler}: {e}") from None
-
-
-def _request(args: argparse.Namespace, config: object) -> generation.Request:
-  """The generation request of the command line over config.sample's defaults."""
-  guide, mask = cli.load_guide(args.image, args.mask, builders.image_shape(config))
-  return generation.request_from_config(
-      config, num_samples=args.num_samples,
-      batch_size=min(args.batch_size or 256, args.num_samples), sampler=args.sampler,
-      num_steps=args.num_steps, image=guide, mask=mask, strength=args.strength,
-      threshold=args.dynamic_threshold,
-      labels=cli.parse_labels(args.labels, num_classes=config.model.num_classes,
-                              num_samples=args.num_samples),
-      guidance_scale=config.sample.guidance_scale if args.guidance_scale is None
-      else args.guidance_scale,
-      clip_denoised=config.sample.clip_denoised and not args.no_clip,
-      options=tuple(_options(args).items()))
-
-
 def run(args: argparse.Namespace) -> tuple[str, ...]:
   """Samples as `args` says; returns the paths written (PNG grid or words .txt, .npz)."""
   mesh = parallel.make_mesh()
-  config, restored = cli.load_run(args.workdir, step=args.step, mesh=mesh)
-  out_dir = args.out or args.workdir
+  config, model, params, process, step = cli.load_model(args, mesh)
+  out_dir = args.out or args.workdir or "."
   cli.check_writable_dir(out_dir, flag="--out" if args.out else "--workdir")
   for name in ("sampler", "seed", "num_samples"):
     setattr(args, name, config.sample[name] if getattr(args, name) is None else getattr(args, name))
-  _check_inputs(args, config)
-  request = _request(args, config)
-  params = restored.state.ema_params if args.ema else restored.state.params
+  request = cli.sampling_request(args, config)
   with tqdm.tqdm(desc=args.sampler, unit="batch", disable=jax.process_index() != 0) as bar:
     try:
       samples = generation.sample_batches(
-          config, builders.build_model(config), params, jax.random.PRNGKey(args.seed),
-          request, mesh=mesh, on_batch=lambda done, total: bar.update(1))
+          config, model, params, jax.random.PRNGKey(args.seed), request, mesh=mesh,
+          process=process, on_batch=lambda done, total: bar.update(1))
     except ValueError as e:  # the runner's checks of the request (before compiling)
       raise cli.CliError(f"--sampler {args.sampler}: {e}") from None
-  stem = args.name or f"samples_{args.sampler}_{restored.step}_seed{args.seed}"
+  stem = args.name or f"samples_{args.sampler}_{step}_seed{args.seed}"
   if jax.process_index() != 0:
     return ()
   return cli.save_samples(out_dir, stem, images.to_uint8(samples), config,
@@ -130,6 +92,7 @@ def run(args: argparse.Namespace) -> tuple[str, ...]:
 
 def main(argv: list[str]) -> int:
   """Entry point: runs `run`, printing a user error as one line on stderr (exit code 2)."""
+  runtime.setup()  # The persistent compilation cache ($JAXDIFF_COMPILATION_CACHE or "off").
   try:
     args = parse_args(argv)
     absl_logging.set_verbosity(absl_logging.WARNING)

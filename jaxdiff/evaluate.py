@@ -10,7 +10,8 @@ Metrics (`--metrics`, comma-separated; see jaxdiff.job.evaluation):
 Samples come from the workdir's newest (or --step) checkpoint, EMA parameters unless
 --no-ema, with config.sample's sampler (--sampler/--num_steps/--eta override it), or from
 an .npz of uint8 images written by sample.py (--samples). Results are printed as JSON and
-written to WORKDIR/eval_<step>.json (or --out).
+then written to WORKDIR/eval_<step>.json (or --out); where they and the cache go is checked
+to be writable before anything is computed.
 
 Example:
     python -m jaxdiff.evaluate --workdir runs/digits --metrics bpd,classifier_fd \\
@@ -32,7 +33,7 @@ from absl import logging as absl_logging
 
 from jaxdiff import images, parallel
 from jaxdiff.config import builders, sampling, validation
-from jaxdiff.job import cli
+from jaxdiff.job import cli, runtime
 from jaxdiff.job import evaluation as metrics
 
 
@@ -40,7 +41,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   """The command line (see the module docstring)."""
   p = cli.OneLineParser(prog="python -m jaxdiff.evaluate",
                         description=__doc__.split("\n")[0])
-  p.add_argument("--workdir", required=True)
+  p.add_argument("--workdir", help="training workdir")
+  p.add_argument("--pretrained", help="a diffusers UNet2DModel folder instead of --workdir")
+  p.add_argument("--dataset", help="data set of the references (TFDS name; default: the "
+                                   "run's config.data.name)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
   p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--metrics", default="bpd,classifier_fd",
@@ -64,7 +68,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--cache_dir", default=None, help="default: $JAXDIFF_CACHE or "
                                                    "~/.cache/jaxdiff")
   p.add_argument("--out", default=None, help="JSON output (default: WORKDIR/eval_<step>.json)")
+  p.add_argument("--compilation_cache", default=None,
+                 help="persistent compilation cache directory, or 'off' (default: "
+                      "$JAXDIFF_COMPILATION_CACHE, else ~/.cache/jaxdiff/xla/<host>)")
   args = p.parse_args(argv)
+  if (args.workdir is None) == (args.pretrained is None):
+    raise cli.CliError("give exactly one of --workdir (a training run) and --pretrained")
   args.metrics = [m for m in args.metrics.split(",") if m]
   unknown = [m for m in args.metrics if m not in metrics.METRICS]
   if unknown or not args.metrics:
@@ -94,16 +103,14 @@ def _load_samples(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
   return images.from_uint8(samples)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-  """Computes the requested metrics; returns them (with step and settings) as a dict."""
-  mesh = parallel.make_mesh()
-  config, restored = cli.load_run(args.workdir, step=args.step, mesh=mesh)
+def _check_sampler(args: argparse.Namespace, config: Any) -> None:
+  """Applies --sampler / --num_steps / --eta to config.sample and checks they can run."""
   for field in ("sampler", "num_steps", "eta"):
     if getattr(args, field) is not None:
       config.sample[field] = getattr(args, field)
   if config.sample.sampler not in sampling.GRID_SAMPLERS:
     raise cli.CliError(f"--sampler {config.sample.sampler!r} does not exist here; choose one of "
-                   f"{', '.join(sampling.GRID_SAMPLERS)}")
+                       f"{', '.join(sampling.GRID_SAMPLERS)}")
   try:
     sampling.check_fits(config.sample.sampler, config, num_steps=config.sample.num_steps)
   except ValueError as e:
@@ -115,45 +122,76 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   if "words" in args.metrics and config.data.source != "words":
     raise cli.CliError(f"--metrics words scores a word-list run; this run's data source is "
                        f"{config.data.source!r}")
-  model = builders.build_model(config)
-  params = restored.state.ema_params if args.ema else restored.state.params
+
+
+def _bpd(args: argparse.Namespace, run: tuple, rng: jax.Array, mesh: Any) -> dict[str, Any]:
+  config, model, params, process, _ = run
+  with tqdm.tqdm(desc="bits/dim", unit="batch") as bar:
+    def progress(done: int, total: int) -> None:
+      bar.total = total
+      bar.update(done - bar.n)
+    bpd = metrics.evaluate_bpd(config, model, params, jax.random.fold_in(rng, 1),
+                               split=args.bpd_split, max_examples=args.bpd_examples,
+                               batch_size=args.bpd_batch_size, mesh=mesh, on_batch=progress,
+                               schedule=process)
+  return dict(bpd=bpd.bpd, bpd_stderr=bpd.stderr, bpd_prior=bpd.prior_bpd,
+              bpd_decoder=float(bpd.vb[0]), bpd_examples=bpd.num_examples)
+
+
+def _sample_metrics(args: argparse.Namespace, run: tuple, rng: jax.Array,
+                    mesh: Any) -> dict[str, Any]:
+  """classifier_fd, FID + IS and / or the word-list shares of samples drawn through the one
+  generation path."""
+  config, model, params, process, _ = run
   cache_dir = args.cache_dir or metrics.default_cache_dir()
+  if args.samples is not None:
+    samples = _load_samples(args.samples, builders.image_shape(config))
+  else:
+    samples = metrics.generate_samples(config, model, params, rng, num_samples=args.num_samples,
+                                       batch_size=min(args.batch_size, args.num_samples),
+                                       mesh=mesh, process=process)
+  results: dict[str, Any] = {"num_samples": len(samples)}
+  if "words" in args.metrics:
+    results.update(metrics.word_metrics(config, samples, seed=args.seed))
+  if "classifier_fd" in args.metrics:
+    reference = metrics.classifier_reference(config.data, cache_dir=cache_dir,
+                                             split=args.reference_split)
+    results["classifier_fd"] = metrics.classifier_frechet_distance(reference, samples)
+  if "fid" in args.metrics:
+    try:
+      reference = metrics.inception_reference(config.data, weights_path=args.inception_weights,
+                                              cache_dir=cache_dir, split=args.reference_split)
+    except (FileNotFoundError, ValueError) as e:
+      raise cli.CliError(f"--inception_weights: {e}") from None
+    results.update(metrics.fid_and_inception_score(reference, samples))
+  return results
+
+
+def _check_destinations(args: argparse.Namespace) -> None:
+  """Raises CliError before any compute when the results or the cache cannot be written."""
+  if args.out is not None:
+    cli.check_output_file(args.out, flag="--out")
+  else:
+    cli.check_writable_dir(args.workdir or ".", flag="--workdir (where eval_<step>.json goes)")
+  if {"classifier_fd", "fid"} & set(args.metrics):
+    cli.check_writable_dir(args.cache_dir or metrics.default_cache_dir(), flag="--cache_dir")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """Computes the requested metrics; returns them (with step and settings) as a dict."""
+  _check_destinations(args)
+  mesh = parallel.make_mesh()
+  loaded = cli.load_model(args, mesh)
+  config = loaded[0]
+  if args.dataset is not None:
+    config.data.update(name=args.dataset)
+  _check_sampler(args, config)
   rng = jax.random.PRNGKey(args.seed)
-  results: dict[str, Any] = {"step": restored.step, "ema": args.ema}
+  results: dict[str, Any] = {"step": loaded[4], "ema": args.ema}
   if "bpd" in args.metrics:
-    with tqdm.tqdm(desc="bits/dim", unit="batch") as bar:
-      def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-      bpd = metrics.evaluate_bpd(config, model, params, jax.random.fold_in(rng, 1),
-                                 split=args.bpd_split, max_examples=args.bpd_examples,
-                                 batch_size=args.bpd_batch_size, mesh=mesh,
-                                 on_batch=progress)
-    results.update(bpd=bpd.bpd, bpd_stderr=bpd.stderr, bpd_prior=bpd.prior_bpd,
-                   bpd_decoder=float(bpd.vb[0]), bpd_examples=bpd.num_examples)
+    results.update(_bpd(args, loaded, rng, mesh))
   if {"classifier_fd", "fid", "words"} & set(args.metrics):
-    if args.samples is not None:
-      samples = _load_samples(args.samples, builders.image_shape(config))
-    else:
-      samples = metrics.generate_samples(config, model, params, rng,
-                                         num_samples=args.num_samples,
-                                         batch_size=min(args.batch_size, args.num_samples),
-                                         mesh=mesh)
-    results["num_samples"] = len(samples)
-    if "words" in args.metrics:
-      results.update(metrics.word_metrics(config, samples, seed=args.seed))
-    if "classifier_fd" in args.metrics:
-      reference = metrics.classifier_reference(config.data, cache_dir=cache_dir,
-                                               split=args.reference_split)
-      results["classifier_fd"] = metrics.classifier_frechet_distance(reference, samples)
-    if "fid" in args.metrics:
-      try:
-        reference = metrics.inception_reference(config.data,
-                                                weights_path=args.inception_weights,
-                                                cache_dir=cache_dir, split=args.reference_split)
-      except (FileNotFoundError, ValueError) as e:
-        raise cli.CliError(f"--inception_weights: {e}") from None
-      results.update(metrics.fid_and_inception_score(reference, samples))
+    results.update(_sample_metrics(args, loaded, rng, mesh))
   return results
 
 
@@ -162,15 +200,21 @@ def main(argv: Optional[list[str]] = None) -> int:
   try:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     absl_logging.set_verbosity(absl_logging.WARNING)
+    runtime.setup(compilation_cache=args.compilation_cache)
     results = run(args)
   except cli.CliError as e:
     print(f"jaxdiff.evaluate: error: {e}", file=sys.stderr)
     return 2
   if jax.process_index() == 0:
-    out = args.out or os.path.join(args.workdir, f"eval_{results['step']}.json")
-    with open(out, "w") as f:
-      json.dump(results, f, indent=2)
-    print(json.dumps(results))
+    print(json.dumps(results), flush=True)  # First: a failed write loses no result.
+    out = args.out or os.path.join(args.workdir or ".", f"eval_{results['step']}.json")
+    try:
+      with open(out, "w") as f:
+        json.dump(results, f, indent=2)
+    except OSError as e:
+      print(f"jaxdiff.evaluate: error: cannot write {out} ({e.strerror or e}); the results "
+            "are printed above", file=sys.stderr)
+      return 1
   return 0
 
 

@@ -1,6 +1,7 @@
 """jaxdiff.models.load_pretrained against PyTorch: committed fixtures made by
 benchmarks/make_pretrained_fixtures.py in the peer environment (no torch needed here)."""
 
+import importlib.util
 import json
 import os
 import pickle
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from jaxdiff import images as images_lib
 from jaxdiff import samplers, schedules
 from jaxdiff.models import DiT, load_openai_unet, load_pretrained
 from jaxdiff.models.autoencoder_kl import AutoencoderKL
@@ -249,3 +251,39 @@ def test_find_scheduler_config(tmp_path):
                                              "scheduler_config.json")
   (model / "scheduler_config.json").write_text("{}")
   assert find_scheduler_config(model) == str(model / "scheduler_config.json")
+
+
+def test_sample_py_samples_an_imported_unet_with_its_scheduler(tmp_path, capsys):
+  """`sample.py --pretrained DIR` runs the one generation path on an imported model: its
+  DDIM images equal samplers.ddim on the same model, schedule and starting noise."""
+  folder = tmp_path / "unet"
+  shutil.copytree(os.path.join(FIXTURES, "unet_ddpm_legacy"), folder)
+  with open(os.path.join(FIXTURES, "schedulers.json")) as f:
+    (folder / "scheduler_config.json").write_text(json.dumps(json.load(f)["linear"]))
+  sample = _load_sample_py()
+  code = sample.main(["--pretrained", str(folder), "--sampler", "ddim", "--num_steps", "5",
+                      "--num_samples", "3", "--seed", "4", "--out", str(tmp_path),
+                      "--name", "imported"])
+  assert code == 0, capsys.readouterr().err
+  with np.load(tmp_path / "imported.npz") as data:
+    got = data["images"]
+  module, variables = load_pretrained(folder)
+  noise_key, chain_key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(4), 0))
+  x_T = jax.random.normal(noise_key, (3, 16, 16, 3))
+  expected = samplers.ddim(jax.tree_util.Partial(module.apply, variables),
+                           schedules.make_schedule("linear", 1000), chain_key, x_T.shape,
+                           num_steps=5, x_T=x_T)
+  np.testing.assert_array_equal(got, images_lib.to_uint8(np.asarray(expected)))
+  assert sample.main(["--pretrained", str(folder), "--workdir", str(tmp_path)]) == 2
+  (folder / "scheduler_config.json").unlink()
+  assert sample.main(["--pretrained", str(folder)]) == 2
+  assert "no scheduler_config.json" in capsys.readouterr().err
+
+
+def _load_sample_py():
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "sample.py")
+  spec = importlib.util.spec_from_file_location("sample_pretrained", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules["sample_pretrained"] = module
+  spec.loader.exec_module(module)
+  return module

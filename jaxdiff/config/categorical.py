@@ -19,9 +19,7 @@ to -1e30 for D3PM (x_0 is never a mask).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 from typing import Any, Callable, Optional
 
 import jax

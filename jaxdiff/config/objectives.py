@@ -69,8 +69,10 @@ def process_from_config(diffusion_config: ml_collections.ConfigDict) -> Any:
 
 
 def denoiser_from_config(diffusion_config: ml_collections.ConfigDict, model_fn: ModelFn,
-                         *, learned_variance: bool = False) -> denoisers.Denoiser:
-  """The denoiser of a trained model on the run's process (`process_from_config`).
+                         *, learned_variance: bool = False,
+                         process: Any = None) -> denoisers.Denoiser:
+  """The denoiser of a trained model on the run's process (`process_from_config`, or the
+  given `process`, e.g. an imported model's schedule).
 
   "ddpm": `config.diffusion.prediction` at integer (or, for the continuous samplers,
   fractional) timesteps; "sde_dsm": eps at t * 999; "ncsn": the score model(x, i) / sigma_i
@@ -80,7 +82,7 @@ def denoiser_from_config(diffusion_config: ml_collections.ConfigDict, model_fn: 
   if objective in categorical.OBJECTIVES:
     raise ValueError(f"objective {objective!r} is discrete-state: it has no Gaussian denoiser "
                      "(see jaxdiff.config.categorical)")
-  process = process_from_config(diffusion_config)
+  process = process_from_config(diffusion_config) if process is None else process
   if objective == "ddpm":
     return denoisers.make_denoiser(model_fn, process, prediction=diffusion_config.prediction,
                                    learned_variance=learned_variance)

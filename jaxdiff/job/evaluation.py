@@ -34,13 +34,13 @@ from jaxdiff.evaluation.classifier import TrainedClassifier, load_or_train_class
 from jaxdiff.evaluation.datasets import load_images
 from jaxdiff.evaluation.inception_score import inception_score
 from jaxdiff.evaluation.words import bigram_words, unigram_words, word_statistics
-from jaxdiff.job import generation
+from jaxdiff.job import generation, runtime
 
 
 def default_cache_dir() -> str:
-  """$JAXDIFF_CACHE, else ~/.cache/jaxdiff."""
-  return os.environ.get("JAXDIFF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                        "jaxdiff")
+  """jaxdiff's cache folder: $JAXDIFF_CACHE, else $XDG_CACHE_HOME/jaxdiff, else
+  ~/.cache/jaxdiff."""
+  return runtime.cache_root()
 
 
 def _dataset_tag(data_config: ml_collections.ConfigDict, split: str) -> str:
@@ -128,7 +128,8 @@ def fid_and_inception_score(reference: InceptionReference, images: np.ndarray, *
 
 def generate_samples(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
                      key: jax.Array, *, num_samples: int, batch_size: int,
-                     mesh: Optional[jax.sharding.Mesh] = None) -> np.ndarray:
+                     mesh: Optional[jax.sharding.Mesh] = None,
+                     process: Any = None) -> np.ndarray:
   """`num_samples` images [N, H, W, C] in [-1, 1] with `config.sample`'s sampler from the one
   generation path (`generation.sample_batches`: sample.py with the same seed and batch size
   draws the same images), quantized to 8 bits as saved samples are."""
@@ -137,24 +138,27 @@ def generate_samples(config: ml_collections.ConfigDict, model: nn.Module, params
                      f"{num_samples} and {batch_size}")
   request = generation.request_from_config(config, num_samples=num_samples,
                                            batch_size=batch_size)
-  samples = generation.sample_batches(config, model, params, key, request, mesh=mesh)
+  samples = generation.sample_batches(config, model, params, key, request, mesh=mesh,
+                                      process=process)
   return images.from_uint8(images.to_uint8(samples))
 
 
 def evaluate_bpd(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
                  rng: jax.Array, *, split: Optional[str] = None,
                  max_examples: Optional[int] = None, batch_size: int = 64,
-                 mesh: Optional[jax.sharding.Mesh] = None,
-                 on_batch: Optional[Any] = None) -> bpd_lib.BpdResult:
-  """`bpd.dataset_bpd` of a data split under `model` with `params` (unconditional call);
-  for a discrete objective `categorical.dataset_bpd` (the images' levels checked first)."""
+                 mesh: Optional[jax.sharding.Mesh] = None, on_batch: Optional[Any] = None,
+                 schedule: Any = None) -> bpd_lib.BpdResult:
+  """`bpd.dataset_bpd` of a data split under `model` with `params` (unconditional call), on
+  the run's schedule or the given one (an imported model's); for a discrete objective
+  `categorical.dataset_bpd` (the images' levels checked first)."""
   real, _ = load_images(config.data, split=split, max_examples=max_examples)
   if categorical.is_categorical(config):
     categorical.check_data(config, ArraySource(images.to_uint8(real)), every_level=False)
     return categorical.dataset_bpd(config, model.apply, {"params": params}, real, rng=rng,
                                    batch_size=batch_size, mesh=mesh, on_batch=on_batch)
+  schedule = objectives.schedule_from_config(config.diffusion) if schedule is None else schedule
   return bpd_lib.dataset_bpd(
-      model.apply, {"params": params}, objectives.schedule_from_config(config.diffusion),
+      model.apply, {"params": params}, schedule,
       real, rng=rng, batch_size=batch_size, mesh=mesh, on_batch=on_batch,
       prediction=config.diffusion.prediction, variance=config.diffusion.variance)
 

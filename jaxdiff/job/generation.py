@@ -95,8 +95,9 @@ def request_from_config(config: ml_collections.ConfigDict, **overrides: Any) -> 
   return Request(**{**fields, **overrides})
 
 
-def _denoiser(config: ml_collections.ConfigDict, model_fn: Any, request: Request) -> Any:
-  den = objectives.denoiser_from_config(config.diffusion, model_fn,
+def _denoiser(config: ml_collections.ConfigDict, model_fn: Any, request: Request,
+              process: Any) -> Any:
+  den = objectives.denoiser_from_config(config.diffusion, model_fn, process=process,
                                         learned_variance=bool(config.model.learn_sigma))
   threshold = None if request.threshold is None else jax.tree_util.Partial(
       samplers.dynamic_threshold, percentile=request.threshold)
@@ -142,9 +143,11 @@ def _one_batch(config: ml_collections.ConfigDict, den: Any, key: jax.Array, requ
 
 def sample_batches(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
                    key: jax.Array, request: Request, *, mesh: Optional[jax.sharding.Mesh] = None,
-                   on_batch: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+                   on_batch: Optional[Callable[[int, int], None]] = None,
+                   process: Any = None) -> np.ndarray:
   """`request.num_samples` images [N, H, W, C] in [-1, 1] (module docstring), on every
-  process. `on_batch(done, total)` is called after each batch (progress reports)."""
+  process. `on_batch(done, total)` is called after each batch (progress reports); `process`
+  overrides the run's noise process (an imported model's schedule)."""
   mesh = parallel.make_mesh() if mesh is None else mesh
   sharding = parallel.batch_sharding(mesh)
   batch_size = -(-request.batch_size // mesh.size) * mesh.size
@@ -163,8 +166,8 @@ def sample_batches(config: ml_collections.ConfigDict, model: nn.Module, params: 
       batch = categorical.generate(config, model_fn, batch_key, shape,
                                    num_steps=request.num_steps, sharding=sharding)
     else:
-      batch = _one_batch(config, _denoiser(config, model_fn, request), batch_key, request,
-                         sharding, shape)
+      batch = _one_batch(config, _denoiser(config, model_fn, request, process), batch_key,
+                         request, sharding, shape)
     outputs.append(np.asarray(multihost_utils.process_allgather(batch, tiled=True)))
     if on_batch is not None:
       on_batch(index + 1, num_batches)

@@ -11,6 +11,13 @@
 
 from typing import Any
 
+def _small(channel_mult: tuple[int, ...], num_res_blocks: int, attention: int,
+           dropout: float) -> dict[str, Any]:
+  """A 32-channel, single-head model with 8 normalization groups."""
+  return dict(base_channels=32, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
+              attention_resolutions=(attention,), num_heads=1, num_groups=8, dropout=dropout)
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "ddpm_cifar10": dict(
         base_channels=128,
@@ -20,24 +27,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_heads=1,
         dropout=0.1,
     ),
-    "small_28": dict(
-        base_channels=32,
-        channel_mult=(1, 2, 2),
-        num_res_blocks=2,
-        attention_resolutions=(7,),
-        num_heads=1,
-        num_groups=8,
-        dropout=0.1,
-    ),
-    "small_8": dict(
-        base_channels=32,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(4,),
-        num_heads=1,
-        num_groups=8,
-        dropout=0.0,
-    ),
+    "small_28": _small((1, 2, 2), 2, 7, 0.1),
+    "small_8": _small((1, 2), 1, 4, 0.0),
     "adm_imagenet64_cond": dict(
         base_channels=192,
         channel_mult=(1, 2, 3, 4),

@@ -2,8 +2,8 @@
 (Dhariwal & Nichol 2021, Sec. 3)."""
 
 import functools
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -171,77 +171,95 @@ class UNet(nn.Module):
     """
     dtype = self._validate_config()
     self._validate_inputs(x, t, y)
-    attention_resolutions = frozenset(self.attention_resolutions)
-    res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
-    attn_block = nn.remat(AttentionBlock) if self.remat else AttentionBlock
-    block_kw = dict(
-        dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
-        num_groups=self.num_groups, dtype=dtype,
-    )
-    attn_kw = dict(
-        num_heads=self.num_heads, num_head_channels=self.num_head_channels,
-        num_groups=self.num_groups, dtype=dtype,
-        implementation=self.attention_implementation,
-    )
-    dense = functools.partial(
-        nn.Dense, 4 * self.base_channels, dtype=jnp.float32, kernel_init=default_init
-    )
-
-    emb = sinusoidal_embedding(t, self.base_channels)
-    emb = dense(name="time_dense1")(nn.swish(dense(name="time_dense0")(emb)))
-    if self.num_classes is not None:
-      labels = jnp.full(x.shape[:1], self.num_classes, jnp.int32) if y is None else y
-      emb = emb + nn.Embed(
-          self.num_classes + 1, 4 * self.base_channels, dtype=jnp.float32,
-          name="label_emb",
-      )(labels)
-
+    blocks = self._block_factories(dtype)
+    emb = self._embedding(t, y, batch=x.shape[0])
     h = nn.Conv(
         self.base_channels, (3, 3), dtype=dtype, kernel_init=default_init,
         name="conv_in",
     )(x.astype(dtype))
+    h, skips = self._encoder(h, emb, train, blocks)
+    res_block, attn_block = blocks
+    h = res_block(h.shape[-1], name="mid_res0")(h, emb, train)
+    h = attn_block(name="mid_attn")(h)
+    h = res_block(h.shape[-1], name="mid_res1")(h, emb, train)
+    h = self._decoder(h, skips, emb, train, blocks)
+    out_channels = (self.out_channels or x.shape[-1]) * (2 if self.learn_sigma else 1)
+    h = nn.swish(group_norm(h, num_groups=self.num_groups, name="norm_out"))
+    return nn.Conv(
+        out_channels, (3, 3), dtype=jnp.float32, kernel_init=zero_init, name="conv_out"
+    )(h)
+
+  def _block_factories(self, dtype: Any) -> tuple[Callable[..., nn.Module], ...]:
+    """ResBlock and AttentionBlock constructors with this model's options (remat or not)."""
+    res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+    attn_block = nn.remat(AttentionBlock) if self.remat else AttentionBlock
+    return (
+        functools.partial(
+            res_block, dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
+            num_groups=self.num_groups, dtype=dtype,
+        ),
+        functools.partial(
+            attn_block, num_heads=self.num_heads, num_head_channels=self.num_head_channels,
+            num_groups=self.num_groups, dtype=dtype,
+            implementation=self.attention_implementation,
+        ),
+    )
+
+  def _embedding(self, t: jax.Array, y: jax.Array | None, *, batch: int) -> jax.Array:
+    """The time embedding (Ho et al. 2020, App. B), plus the class embedding when set."""
+    dense = functools.partial(
+        nn.Dense, 4 * self.base_channels, dtype=jnp.float32, kernel_init=default_init
+    )
+    emb = sinusoidal_embedding(t, self.base_channels)
+    emb = dense(name="time_dense1")(nn.swish(dense(name="time_dense0")(emb)))
+    if self.num_classes is None:
+      return emb
+    labels = jnp.full((batch,), self.num_classes, jnp.int32) if y is None else y
+    return emb + nn.Embed(
+        self.num_classes + 1, 4 * self.base_channels, dtype=jnp.float32, name="label_emb",
+    )(labels)
+
+  def _block(self, h: jax.Array, emb: jax.Array, train: bool, blocks: tuple, *,
+             channels: int, path: str, level: int, index: int) -> jax.Array:
+    """Residual block ``{path}{level}_res{index}``, then attention at the chosen resolutions."""
+    res_block, attn_block = blocks
+    h = res_block(channels, name=f"{path}{level}_res{index}")(h, emb, train)
+    if h.shape[1] in frozenset(self.attention_resolutions):
+      h = attn_block(name=f"{path}{level}_attn{index}")(h)
+    return h
+
+  def _resample(self, h: jax.Array, emb: jax.Array, train: bool, blocks: tuple, *,
+                direction: str, name: str) -> jax.Array:
+    """Halves or doubles the resolution: a resampling ResBlock (BigGAN-style, Dhariwal &
+    Nichol 2021) with ``resblock_updown``, else a strided conv / nearest upsampling + conv."""
+    if self.resblock_updown:
+      return blocks[0](h.shape[-1], resample=direction, name=name)(h, emb, train)
+    layer = Downsample if direction == "down" else Upsample
+    return layer(h.shape[-1], dtype=blocks[0].keywords["dtype"], name=name)(h)
+
+  def _encoder(self, h: jax.Array, emb: jax.Array, train: bool,
+               blocks: tuple) -> tuple[jax.Array, list[jax.Array]]:
+    """The downsampling path; returns the features and the skips for the decoder."""
     skips = [h]
-    last = len(self.channel_mult) - 1
     for level, mult in enumerate(self.channel_mult):
       for i in range(self.num_res_blocks):
-        h = res_block(mult * self.base_channels, name=f"down{level}_res{i}", **block_kw)(
-            h, emb, train
-        )
-        if h.shape[1] in attention_resolutions:
-          h = attn_block(name=f"down{level}_attn{i}", **attn_kw)(h)
+        h = self._block(h, emb, train, blocks, channels=mult * self.base_channels,
+                        path="down", level=level, index=i)
         skips.append(h)
-      if level != last:
-        if self.resblock_updown:
-          h = res_block(
-              h.shape[-1], resample="down", name=f"down{level}_resample", **block_kw
-          )(h, emb, train)
-        else:
-          h = Downsample(h.shape[-1], dtype=dtype, name=f"down{level}_resample")(h)
+      if level != len(self.channel_mult) - 1:
+        h = self._resample(h, emb, train, blocks, direction="down",
+                           name=f"down{level}_resample")
         skips.append(h)
+    return h, skips
 
-    h = res_block(h.shape[-1], name="mid_res0", **block_kw)(h, emb, train)
-    h = attn_block(name="mid_attn", **attn_kw)(h)
-    h = res_block(h.shape[-1], name="mid_res1", **block_kw)(h, emb, train)
-
+  def _decoder(self, h: jax.Array, skips: list[jax.Array], emb: jax.Array, train: bool,
+               blocks: tuple) -> jax.Array:
+    """The upsampling path, each block fed the matching skip (concatenated)."""
     for level, mult in reversed(list(enumerate(self.channel_mult))):
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = res_block(mult * self.base_channels, name=f"up{level}_res{i}", **block_kw)(
-            h, emb, train
-        )
-        if h.shape[1] in attention_resolutions:
-          h = attn_block(name=f"up{level}_attn{i}", **attn_kw)(h)
+        h = self._block(h, emb, train, blocks, channels=mult * self.base_channels,
+                        path="up", level=level, index=i)
       if level != 0:
-        if self.resblock_updown:
-          h = res_block(
-              h.shape[-1], resample="up", name=f"up{level}_resample", **block_kw
-          )(h, emb, train)
-        else:
-          h = Upsample(h.shape[-1], dtype=dtype, name=f"up{level}_resample")(h)
-
-    out_channels = (self.out_channels or x.shape[-1]) * (2 if self.learn_sigma else 1)
-    h = nn.swish(group_norm(h, num_groups=self.num_groups, name="norm_out"))
-    h = nn.Conv(
-        out_channels, (3, 3), dtype=jnp.float32, kernel_init=zero_init, name="conv_out"
-    )(h)
+        h = self._resample(h, emb, train, blocks, direction="up", name=f"up{level}_resample")
     return h
