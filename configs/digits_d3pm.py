@@ -4,7 +4,7 @@ Data: scikit-learn's 8x8 digits (`sklearn_digits`), whose gray levels 0..16 are 
 categories. The U-Net reads x_t one-hot (17 channels) and returns 17 logits per pixel
 (out_channels = K * channels), the x0-parameterization of the reverse chain; the loss is the
 hybrid L_vb + 0.001 CE over T = 1000 steps. The default kernel is the uniform one
-(multinomial diffusion) with the cosine schedule; the others, as measured in the README:
+(multinomial diffusion) with the cosine schedule (measured in the README); the others:
 
     --config.diffusion.kernel=absorbing --config.diffusion.kernel_schedule=jsd
     --config.diffusion.kernel=gaussian --config.diffusion.kernel_schedule=linear

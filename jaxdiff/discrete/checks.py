@@ -43,14 +43,3 @@ def check_logits(model_fn: Callable[..., Array], shape: tuple[int, ...], t_dtype
   if tuple(out.shape) != shape + (num_classes,):
     raise ValueError(f"model_fn must return logits over K={num_classes} categories shaped "
                      f"{shape + (num_classes,)}, got {tuple(out.shape)}")
-
-
-def check_shape(shape: Any) -> tuple[int, ...]:
-  """Raises ValueError unless ``shape`` is [B, ...] of positive ints (2 dims at least)."""
-  try:
-    shape = tuple(int(s) for s in shape)
-  except TypeError:
-    raise ValueError(f"shape must be a sequence of ints, got {shape!r}") from None
-  if len(shape) < 2 or min(shape) < 1:
-    raise ValueError(f"shape must be [B, ...] with at least 2 positive dims, got {shape}")
-  return shape

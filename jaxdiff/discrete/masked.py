@@ -27,7 +27,6 @@ import jax.numpy as jnp
 
 from jaxdiff.discrete import checks
 from jaxdiff.discrete.losses import categorical_log_likelihood
-from jaxdiff.losses import mean_flat
 
 Array = Any
 ModelFn = Callable[[Array, Array], Array]

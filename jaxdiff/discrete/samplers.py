@@ -42,7 +42,7 @@ def _start(shape: Optional[Sequence[int]], x_T: Optional[Array], num_tokens: int
   """The batch shape of a request (from shape= or x_T=), x_T's tokens checked."""
   if shape is None and x_T is None:
     raise ValueError("give shape= or x_T= to take the shape from")
-  shape = checks.check_shape(jnp.shape(x_T) if shape is None else shape)
+  shape = sampler_checks.check_shape(jnp.shape(x_T) if shape is None else shape)
   if x_T is not None:
     if tuple(jnp.shape(x_T)) != shape:
       raise ValueError(f"x_T has shape {tuple(jnp.shape(x_T))}, expected {shape}")

@@ -13,17 +13,13 @@ channel, K contiguous values per channel.
   zero-initialized linear head to K logits per token.
 """
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxdiff.models.checks import check_times_and_labels, compute_dtype
-from jaxdiff.models.dit import DiTBlock
+from jaxdiff.models.dit import DiTBlock, adaln_conditioning, embedding_init
 from jaxdiff.models.embeddings import sinusoidal_embedding
-
-_embedding_init = nn.initializers.normal(stddev=0.02)
 
 
 class OneHotInput(nn.Module):
@@ -64,16 +60,9 @@ class TokenTransformer(nn.Module):
   dtype: str = "float32"
 
   def _conditioning(self, t: jax.Array, y: jax.Array | None, batch: int) -> jax.Array:
-    dense = functools.partial(nn.Dense, self.hidden_size, dtype=jnp.float32,
-                              kernel_init=_embedding_init)
-    c = sinusoidal_embedding(t, self.frequency_embedding_size, flip_sin_to_cos=True,
-                             freq_shift=0.0)
-    c = dense(name="t_embed_fc2")(nn.silu(dense(name="t_embed_fc1")(c)))
-    if self.num_classes is not None:
-      labels = jnp.full((batch,), self.num_classes, jnp.int32) if y is None else y
-      c = c + nn.Embed(self.num_classes + 1, self.hidden_size, dtype=jnp.float32,
-                       embedding_init=_embedding_init, name="y_embed")(labels)
-    return c
+    return adaln_conditioning(t, y, batch=batch, hidden_size=self.hidden_size,
+                              frequency_embedding_size=self.frequency_embedding_size,
+                              freq_shift=0.0, num_classes=self.num_classes)
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, *,
@@ -88,7 +77,7 @@ class TokenTransformer(nn.Module):
     check_times_and_labels(t, y, batch=batch, num_classes=self.num_classes)
     tokens = x.astype(jnp.int32).reshape(batch, -1)
     h = nn.Embed(self.num_tokens, self.hidden_size, dtype=jnp.float32,
-                 embedding_init=_embedding_init, name="token_embed")(tokens)
+                 embedding_init=embedding_init, name="token_embed")(tokens)
     h = h + sinusoidal_embedding(jnp.arange(tokens.shape[1]), self.hidden_size)[None]
     c = self._conditioning(t, y, batch)
     for i in range(self.depth):
