@@ -379,7 +379,8 @@ def load_average() -> str:
   return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+  """The command line of bench.py."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--preset", choices=sorted(presets.PRESETS), default="cpu")
   parser.add_argument("--rounds", type=int, help="timed rounds (default: the preset's)")
@@ -393,7 +394,24 @@ def main() -> None:
                       help="a checkout of another jaxdiff version: also time its float32 "
                            "('f32 baseline'), with this worker and environment")
   parser.add_argument("--record", action="store_true", help="append to RESULTS.md")
-  args = parser.parse_args()
+  return parser.parse_args()
+
+
+def selected_groups(preset: presets.Preset, args: argparse.Namespace) -> list:
+  """The preset's groups, with --variant contenders added and --only / --skip applied."""
+  variants = dict(v.split("=", 1) for v in args.variant)
+  groups = groups_for(preset, variants, args.baseline)
+  if args.only:
+    groups = [g for g in groups if g.title.startswith(tuple(args.only.split(";")))]
+  if args.skip:
+    skipped = tuple(args.skip.split(";"))
+    groups = [dataclasses.replace(g, contenders=[
+        c for c in g.contenders if not any(k in c.label for k in skipped)]) for g in groups]
+  return groups
+
+
+def main() -> None:
+  args = parse_args()
   preset = presets.PRESETS[args.preset]
   cpus = {int(c) for c in args.cpus.split(",")} if args.cpus else None
   rounds = args.rounds or preset.rounds
@@ -404,14 +422,7 @@ def main() -> None:
 
   matmul = matmul_group(preset)
   peaks = peak_flops(run_group(matmul, rounds=rounds, cpus=cpus, log=log))
-  variants = dict(v.split("=", 1) for v in args.variant)
-  groups = groups_for(preset, variants, args.baseline)
-  if args.only:
-    groups = [g for g in groups if g.title.startswith(tuple(args.only.split(";")))]
-  if args.skip:
-    skipped = tuple(args.skip.split(";"))
-    groups = [dataclasses.replace(g, contenders=[
-        c for c in g.contenders if not any(k in c.label for k in skipped)]) for g in groups]
+  groups = selected_groups(preset, args)
   lines, raw = list(TABLE_HEADER), {}
   for group in groups:
     raw[group.title] = run_group(group, rounds=rounds, cpus=cpus, log=log)

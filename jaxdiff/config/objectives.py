@@ -12,6 +12,14 @@ per-example loss of `config.diffusion.objective`:
 - "ncsn": the noise-conditional score network (Song & Ermon 2019, eq. 5-6) over the
   geometric ladder `ncsn_sigmas`; the U-Net gets the index i of sigma_i in the ascending
   ladder as its timestep and score(x, sigma_i) = model(x, i) / sigma_i.
+- "flow": conditional flow matching (`jaxdiff.flow`) on the interpolant
+  `config.diffusion.interpolant` (`jaxdiff.processes.FlowProcess`, t in [0, 1]) with the
+  training-time distribution `time_distribution` (uniform, logit-normal, mode; `time_shift`);
+  the U-Net predicts the velocity at time input t * 999.
+- "edm": EDM's preconditioned denoiser and loss (`jaxdiff.edm`; Karras et al. 2022, Table
+  1) on the sigma axis (`jaxdiff.processes.EDMProcess(sigma_min, sigma_max)`), with
+  `sigma_data`, ln(sigma) ~ N(p_mean, p_std^2); the U-Net is F, called at c_in x with time
+  input c_noise * 999 = 999 ln(sigma) / 4.
 - "d3pm", "masked": discrete-state diffusion on categories (`jaxdiff.config.categorical`);
   they have no Gaussian process or denoiser.
 
@@ -28,14 +36,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxdiff import denoisers, losses, processes, schedules, score_matching
+from jaxdiff import denoisers, edm, flow, losses, processes, schedules, score_matching
 from jaxdiff import sde as sde_lib
 from jaxdiff.config import categorical
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 LossFn = Callable[[ModelFn, jax.Array, jax.Array], jax.Array]
 
-OBJECTIVES = ("ddpm", "sde_dsm", "ncsn") + categorical.OBJECTIVES
+OBJECTIVES = ("ddpm", "sde_dsm", "ncsn", "flow", "edm") + categorical.OBJECTIVES
 SDES = ("vpsde", "subvpsde", "vesde")  # config.diffusion.sde for "sde_dsm" (jaxdiff.sde)
 SDE_TIME_SCALE = 999.0
 
@@ -57,14 +65,17 @@ def sde_from_config(diffusion_config: ml_collections.ConfigDict) -> Any:
 
 
 def process_from_config(diffusion_config: ml_collections.ConfigDict) -> Any:
-  """The run's noise process: the discrete schedule ("ddpm"), the SDE ("sde_dsm"), or the
-  sigma axis of NCSN's ladder, `processes.EDMProcess(sigma_min, sigma_max)` ("ncsn")."""
+  """The run's noise process: the discrete schedule ("ddpm"), the SDE ("sde_dsm"), the sigma
+  axis `processes.EDMProcess(sigma_min, sigma_max)` ("ncsn": NCSN's ladder; "edm"), or the
+  interpolant `processes.FlowProcess(interpolant)` ("flow")."""
   objective = diffusion_config.objective
   if objective == "ddpm":
     return schedule_from_config(diffusion_config)
-  if objective == "ncsn":
+  if objective in ("ncsn", "edm"):
     return processes.EDMProcess(sigma_min=diffusion_config.sigma_min,
                                 sigma_max=diffusion_config.sigma_max)
+  if objective == "flow":
+    return processes.FlowProcess(interpolant=diffusion_config.interpolant)
   return sde_from_config(diffusion_config)
 
 
@@ -76,7 +87,8 @@ def denoiser_from_config(diffusion_config: ml_collections.ConfigDict, model_fn: 
 
   "ddpm": `config.diffusion.prediction` at integer (or, for the continuous samplers,
   fractional) timesteps; "sde_dsm": eps at t * 999; "ncsn": the score model(x, i) / sigma_i
-  at the nearest ladder level i.
+  at the nearest ladder level i; "flow": the velocity at t * 999; "edm": the preconditioned
+  x0 (`edm_model_fn`).
   """
   objective = diffusion_config.objective
   if objective in categorical.OBJECTIVES:
@@ -89,8 +101,12 @@ def denoiser_from_config(diffusion_config: ml_collections.ConfigDict, model_fn: 
   if objective == "ncsn":
     return denoisers.make_denoiser(ncsn_score_fn(diffusion_config, model_fn), process,
                                    prediction="score")
-  return denoisers.make_denoiser(jax.tree_util.Partial(_continuous_eps, model_fn), process,
-                                 prediction="eps")
+  if objective == "edm":
+    return denoisers.make_denoiser(edm_model_fn(diffusion_config, model_fn), process,
+                                   prediction="x0")
+  prediction = "velocity" if objective == "flow" else "eps"
+  return denoisers.make_denoiser(jax.tree_util.Partial(_continuous_output, model_fn), process,
+                                 prediction=prediction)
 
 
 def ncsn_sigmas(diffusion_config: ml_collections.ConfigDict) -> jax.Array:
@@ -99,10 +115,18 @@ def ncsn_sigmas(diffusion_config: ml_collections.ConfigDict) -> jax.Array:
                                   diffusion_config.num_scales)
 
 
-def _continuous_eps(model_fn: ModelFn, x: jax.Array, t: jax.Array) -> jax.Array:
-  """The noise prediction of a continuous-time model, called at t * SDE_TIME_SCALE (the first
-  C channels of its output)."""
+def _continuous_output(model_fn: ModelFn, x: jax.Array, t: jax.Array) -> jax.Array:
+  """The output of a continuous-time model (noise, velocity or EDM's F), called at
+  t * SDE_TIME_SCALE (the first C channels of its output)."""
   return model_fn(x, t * SDE_TIME_SCALE)[..., :x.shape[-1]]
+
+
+def edm_model_fn(diffusion_config: ml_collections.ConfigDict, model_fn: ModelFn) -> ModelFn:
+  """The x0 prediction D(x; sigma) of an "edm" model: `jaxdiff.edm.precondition` of the
+  network F(c_in x, c_noise * 999)."""
+  return edm.precondition(jax.tree_util.Partial(_continuous_output, model_fn),
+                          sigma_data=diffusion_config.sigma_data,
+                          process=process_from_config(diffusion_config))
 
 
 def continuous_score_fn(diffusion_config: ml_collections.ConfigDict,
@@ -110,7 +134,7 @@ def continuous_score_fn(diffusion_config: ml_collections.ConfigDict,
   """score(x, t) = -model(x, t * 999) / sigma_t of an "sde_dsm" model, t in [eps, 1]
   (Song et al. 2021, eq. 28)."""
   sde = sde_from_config(diffusion_config)
-  return sde_lib.score_from_eps(jax.tree_util.Partial(_continuous_eps, model_fn), sde)
+  return sde_lib.score_from_eps(jax.tree_util.Partial(_continuous_output, model_fn), sde)
 
 
 def sigma_index(sigmas: jax.Array, sigma: jax.Array) -> jax.Array:
@@ -128,6 +152,13 @@ def ncsn_score_fn(diffusion_config: ml_collections.ConfigDict,
                   model_fn: ModelFn) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """score(x, sigma) = model(x, i) / sigma_i of an "ncsn" model, sigma [B] from the ladder."""
   return jax.tree_util.Partial(_ncsn_score, model_fn, ncsn_sigmas(diffusion_config))
+
+
+def flow_time_options(diffusion_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The keyword arguments of `jaxdiff.flow.sample_time` that `config.diffusion` sets."""
+  return dict(distribution=diffusion_config.time_distribution, loc=diffusion_config.logit_mean,
+              scale=diffusion_config.logit_std, mode_scale=diffusion_config.mode_scale,
+              shift=diffusion_config.time_shift)
 
 
 def make_loss_fn(diffusion_config: ml_collections.ConfigDict) -> LossFn:
@@ -153,4 +184,14 @@ def make_loss_fn(diffusion_config: ml_collections.ConfigDict) -> LossFn:
     sigmas = ncsn_sigmas(diffusion_config)
     return lambda model_fn, x0, rng: score_matching.ncsn_loss(
         ncsn_score_fn(diffusion_config, model_fn), x0, rng, sigmas=sigmas)
+  if objective == "flow":
+    process = process_from_config(diffusion_config)
+    times = flow_time_options(diffusion_config)
+    return lambda model_fn, x0, rng: flow.flow_matching_loss(
+        jax.tree_util.Partial(_continuous_output, model_fn), x0, rng, process=process, **times)
+  if objective == "edm":
+    options = dict(sigma_data=diffusion_config.sigma_data, p_mean=diffusion_config.p_mean,
+                   p_std=diffusion_config.p_std)
+    return lambda model_fn, x0, rng: edm.edm_loss(
+        jax.tree_util.Partial(_continuous_output, model_fn), x0, rng, **options)
   raise ValueError(f"config.diffusion.objective={objective!r} is not one of {OBJECTIVES}.")

@@ -96,13 +96,14 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       variance="fixed_large",
       weighting=config_dict.placeholder(str),
       min_snr_gamma=5.0,
-      # The objective (jaxdiff.objectives): "ddpm" (discrete, the losses above), "sde_dsm"
-      # (continuous DSM, Song et al. 2021 eq. 7) or "ncsn" (Song & Ermon 2019).
+      # The objective (jaxdiff.config.objectives): "ddpm" (discrete, the losses above),
+      # "sde_dsm" (continuous DSM, Song et al. 2021 eq. 7), "ncsn" (Song & Ermon 2019),
+      # "flow" (flow matching, Lipman et al. 2023) or "edm" (Karras et al. 2022).
       objective="ddpm",
       sde="vpsde",               # sde_dsm: "vpsde", "subvpsde" or "vesde".
       beta_min=0.1,              # VP / sub-VP beta(t) range.
       beta_max=20.0,
-      sigma_min=0.01,            # VE SDE and NCSN noise ladder range.
+      sigma_min=0.01,            # VE SDE and NCSN noise ladder range; EDM sampling range.
       sigma_max=50.0,
       num_scales=1000,           # SDE discretization steps N (pc); NCSN ladder length L.
       likelihood_weighting=False,  # sde_dsm: lambda(t) = g(t)^2 (Song et al. 2021b).
@@ -118,6 +119,18 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       hybrid_coeff=0.001,
       masking="linear",          # masked: alpha(t) "linear", "cosine" or "poly" (1 - t^w).
       masking_exponent=1.0,      # masked "poly": w.
+      # objective "flow" (jaxdiff.flow): the interpolant and the training-time distribution.
+      interpolant="linear",      # "linear" (rectified flow) or "cosine" (trigonometric).
+      time_distribution="uniform",  # "uniform", "logit_normal" or "mode" (Esser et al. 2024).
+      logit_mean=0.0,            # logit_normal: t = sigmoid(logit_mean + logit_std n).
+      logit_std=1.0,
+      mode_scale=1.29,           # mode: the scale s of Esser et al.'s eq. 20.
+      time_shift=1.0,            # t -> shift t / (1 + (shift - 1) t) (eq. 23); 1 = none.
+      # objective "edm" (jaxdiff.edm, Karras et al. 2022 Table 1); sigma_min / sigma_max above
+      # bound its sampling grid.
+      sigma_data=0.5,            # Standard deviation of the data.
+      p_mean=-1.2,               # Training noise levels ln(sigma) ~ N(p_mean, p_std^2).
+      p_std=1.2,
   ))
 
   config.data = ml_collections.ConfigDict(dict(
@@ -150,6 +163,11 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       b2=0.999,
       eps=1e-8,
       ema_decay=0.9999,
+      # Post-hoc EMA (Karras et al. 2024; jaxdiff.ema): the power-function EMA profiles
+      # tracked beside ema_decay's, by their relative std sigma_rel (EDM2: (0.05, 0.10));
+      # () = off. Snapshots of them every posthoc_every steps go to WORKDIR/posthoc_ema/.
+      posthoc_sigma_rels=(),
+      posthoc_every=0,
       label_dropout=0.0,         # Classifier-free guidance: P(label -> null label).
       log_every=100,
       checkpoint_every=5000,

@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxdiff import diffusion, losses, schedules
+from jaxdiff import diffusion, ema, flow, losses, processes, schedules
 from jaxdiff.config import categorical, objectives, sampling
 from jaxdiff.config.schema import MODEL_NAMES, base_config, model_config
 from jaxdiff.evaluation import METRICS
@@ -28,6 +28,8 @@ _CHOICES = {
     ("diffusion", "loss_type"): losses.LOSS_TYPES,
     ("diffusion", "variance"): diffusion.VARIANCES,
     ("diffusion", "weighting"): losses.WEIGHTINGS,
+    ("diffusion", "interpolant"): processes.INTERPOLANTS,
+    ("diffusion", "time_distribution"): flow.TIME_DISTRIBUTIONS,
     ("data", "source"): ("tfds", "idx", "words"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("sample", "sampler"): sampling.GRID_SAMPLERS,
@@ -170,12 +172,40 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
                        f"{high_value}; expected 0 < {low} < {high}.")
   if not 0.0 < config.diffusion.sde_eps < 1.0:
     raise ConfigError(f"config.diffusion.sde_eps={config.diffusion.sde_eps}; expected (0, 1).")
+  diffusion_config = config.diffusion
+  try:
+    flow.check_time_options(diffusion_config.time_distribution,
+                            scale=diffusion_config.logit_std,
+                            mode_scale=diffusion_config.mode_scale,
+                            shift=diffusion_config.time_shift)
+  except ValueError as e:
+    raise ConfigError(f"config.diffusion: {e}.") from None
+  for field in ("sigma_data", "p_std"):
+    if not diffusion_config[field] > 0:
+      raise ConfigError(f"config.diffusion.{field}={diffusion_config[field]}; expected > 0.")
+  _validate_posthoc(config.train)
   num_steps = config.sample.num_steps
   try:
     sampling.check_fits(config.sample.sampler, config, num_steps=num_steps)
   except ValueError as e:
     steps = "" if num_steps is None else f" with config.sample.num_steps={num_steps}"
     raise ConfigError(f"config.sample.sampler={config.sample.sampler!r}{steps}: {e}.") from None
+
+
+def _validate_posthoc(train_config: ml_collections.ConfigDict) -> None:
+  """Post-hoc EMA: sigma_rels in range (`jaxdiff.ema`) and a snapshot period when tracked."""
+  for value in train_config.posthoc_sigma_rels:
+    try:
+      ema.sigma_rel_to_gamma(value)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"config.train.posthoc_sigma_rels: {e}.") from None
+  every = train_config.posthoc_every
+  tracked = bool(train_config.posthoc_sigma_rels)
+  if not isinstance(every, int) or isinstance(every, bool) or every < 0 or (
+      tracked and every == 0):
+    raise ConfigError(f"config.train.posthoc_every={every!r}; expected a positive integer (steps "
+                     "between post-hoc EMA snapshots) when config.train.posthoc_sigma_rels is "
+                     "set, else 0.")
 
 
 def _validate_eval(eval_config: ml_collections.ConfigDict, *, objective: str,

@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 
 from jaxdiff import parallel, samplers, sde_samplers
 from jaxdiff.config import builders, categorical, objectives, sampling
-from jaxdiff.samplers import discrete, pc
+from jaxdiff.samplers import discrete
 
 
 def _conditional(apply_fn: Callable[..., jax.Array], variables: Any, y: jax.Array,
@@ -133,8 +133,8 @@ def _one_batch(config: ml_collections.ConfigDict, den: Any, key: jax.Array, requ
   entry = sampling.SAMPLERS[request.sampler]
   if entry.sampler == "ode":
     return sde_samplers.probability_flow_sampler(
-        pc.score_fn_of(den), process, chain_key, shape, solver="tsit5", rtol=1e-3, atol=1e-3,
-        x_T=x_T, eps=process.t_min)[0]
+        den, process, chain_key, shape, solver="tsit5", rtol=1e-3, atol=1e-3,
+        x_T=x_T, eps=float(process.t_min))[0]
   options = {**sampling.default_options(request.sampler, config), **dict(request.options)}
   return samplers.sample(den, chain_key, x_T=x_T, sampler=entry.sampler,
                          **sampling.grid_request(request.sampler, config, request.num_steps),

@@ -16,6 +16,7 @@ import ml_collections
 import optax
 from flax import struct
 
+from jaxdiff import ema
 from jaxdiff.config import builders
 from jaxdiff.config.objectives import LossFn
 
@@ -30,6 +31,7 @@ class TrainState:
   opt_state: optax.OptState
   apply_fn: Callable[..., jax.Array] = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  posthoc_emas: tuple[Any, ...] = ()  # Power-function EMAs (jaxdiff.ema), one per sigma_rel.
 
 
 def learning_rate_schedule(*, learning_rate: float, warmup_steps: int) -> optax.Schedule:
@@ -58,15 +60,17 @@ def make_optimizer(*, learning_rate: float, warmup_steps: int, grad_clip: float,
 
 
 def init_train_state(rng: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation,
-                     image_shape: tuple[int, int, int]) -> TrainState:
-  """Initialises parameters on a dummy [1, H, W, C] batch; EMA starts equal to them."""
+                     image_shape: tuple[int, int, int], posthoc_profiles: int = 0) -> TrainState:
+  """Initialises parameters on a dummy [1, H, W, C] batch; the EMA and the
+  `posthoc_profiles` power-function EMAs start equal to them."""
   x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   t = jnp.zeros((1,), jnp.int32)
   y = None if getattr(model, "num_classes", None) is None else jnp.zeros((1,), jnp.int32)
   params = model.init({"params": rng}, x, t, y=y, train=False)["params"]
   ema_params = jax.tree.map(jnp.copy, params)  # Own buffers: the step donates both trees.
+  posthoc = tuple(jax.tree.map(jnp.copy, params) for _ in range(posthoc_profiles))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
-                    opt_state=tx.init(params), apply_fn=model.apply, tx=tx)
+                    opt_state=tx.init(params), apply_fn=model.apply, tx=tx, posthoc_emas=posthoc)
 
 
 def ema_update(ema_params: Any, params: Any, *, decay: float) -> Any:
@@ -90,7 +94,8 @@ def tree_all_finite(tree: Any) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                loss_fn: LossFn, ema_decay: float, label_dropout: float = 0.0,
-               num_classes: int | None = None, proceed: jax.Array | None = None
+               num_classes: int | None = None, proceed: jax.Array | None = None,
+               posthoc_gammas: tuple[float, ...] = ()
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on `batch` ({"image": [B, H, W, C] in [-1, 1], "label": [B]}).
 
@@ -99,7 +104,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   losses. The step is finite when the loss, the gradient norm and every leaf of the updated
   state (parameters, EMA parameters, optimizer state) are finite. If it is not (or if the
   bool `proceed` is given and False) the state is returned unchanged: a caller that sees
-  `metrics["finite"]` False must stop (see jaxdiff.job.trainer).
+  `metrics["finite"]` False must stop (see jaxdiff.job.trainer). The
+  power-function EMAs of `state.posthoc_emas` follow their `posthoc_gammas`
+  (`jaxdiff.ema.power_ema_update`).
 
   Returns the new state and metrics {"loss", "grad_norm", "finite"}.
   """
@@ -125,7 +132,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   updated = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                          ema_params=ema_update(state.ema_params, params, decay=ema_decay))
+                          ema_params=ema_update(state.ema_params, params, decay=ema_decay),
+                          posthoc_emas=ema.power_ema_update(state.posthoc_emas, params,
+                                                            step=state.step + 1,
+                                                            gammas=posthoc_gammas))
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & tree_all_finite(
       (updated.params, updated.ema_params, updated.opt_state))
   keep = finite if proceed is None else finite & proceed
@@ -194,5 +204,11 @@ def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
   model, tx = builders.build_model(config), build_optimizer(config)
   return jax.eval_shape(
       lambda rng: init_train_state(rng, model=model, tx=tx,
-                                   image_shape=builders.image_shape(config)),
+                                   image_shape=builders.image_shape(config),
+                                   posthoc_profiles=len(config.train.posthoc_sigma_rels)),
       jax.random.PRNGKey(0))
+
+
+def posthoc_gammas(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """The exponents gamma of `config.train.posthoc_sigma_rels` (`jaxdiff.ema`)."""
+  return tuple(ema.sigma_rel_to_gamma(s) for s in config.train.posthoc_sigma_rels)

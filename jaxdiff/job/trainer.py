@@ -14,6 +14,9 @@ interval, are the one list of `periodic_actions`:
   log         every `train.log_every` steps and at the end: mean loss and gradient norm,
               learning rate, steps/s, images/s, TFLOP/s and MFU (`jaxdiff.job.throughput`)
   checkpoint  every `train.checkpoint_every` steps and at the end
+  posthoc_ema every `train.posthoc_every` steps and at the end, with
+              `train.posthoc_sigma_rels`: snapshots of the power-function EMAs
+              (`jaxdiff.job.posthoc_ema`)
   preemption  every step, host only: after SIGTERM save, stop and raise `Preempted`
   samples     every `train.sample_every` steps (0: only at the end): an EMA sample grid
   evaluation  every `eval.every` steps (0: never): `config.eval`'s metrics as eval/NAME
@@ -53,6 +56,7 @@ from jaxdiff.job import cli
 from jaxdiff.job import distributed
 from jaxdiff.job import evaluation as eval_metrics
 from jaxdiff.job import generation
+from jaxdiff.job import posthoc_ema
 from jaxdiff.job import step as training
 from jaxdiff.job import throughput as throughput_lib
 from jaxdiff.job import workdir_lock
@@ -162,6 +166,12 @@ def _save(run: _Run, step: int) -> None:
   run.checkpointer.save(step, run.state, run.train_rng, metadata={"data_position": step})
 
 
+def _save_posthoc_ema(run: _Run, step: int) -> None:
+  """Writes the tracked power-function EMAs after `step` steps (`jaxdiff.job.posthoc_ema`)."""
+  posthoc_ema.save_snapshot(run.workdir, run.state, step,
+                            tuple(run.config.train.posthoc_sigma_rels))
+
+
 def _check_preemption(run: _Run, step: int) -> None:
   """After SIGTERM (on any process), saves `step` and stops the loop."""
   preempted = (run.sigterm.raised if jax.process_count() == 1
@@ -205,6 +215,8 @@ def periodic_actions(config: ml_collections.ConfigDict) -> list[PeriodicAction]:
   return [
       PeriodicAction("log", train_config.log_every, _log, at_end=True),
       PeriodicAction("checkpoint", train_config.checkpoint_every, _save, at_end=True),
+      PeriodicAction("posthoc_ema", train_config.posthoc_every, _save_posthoc_ema,
+                     at_end=bool(train_config.posthoc_sigma_rels)),
       PeriodicAction("preemption", 1, _check_preemption, reads_device=False),
       PeriodicAction("samples", train_config.sample_every, _save_samples, at_end=True),
       PeriodicAction("evaluation", config.eval.every, _evaluate),
@@ -251,7 +263,8 @@ def _compile_step(run: _Run, batch: dict[str, jax.Array]) -> None:
                         loss_fn=objectives.make_loss_fn(config.diffusion),
                         ema_decay=config.train.ema_decay,
                         label_dropout=config.train.label_dropout,
-                        num_classes=config.model.num_classes),
+                        num_classes=config.model.num_classes,
+                        posthoc_gammas=training.posthoc_gammas(config)),
       in_shardings=(run.shardings, run.replicated, run.batch_sharding, run.replicated),
       out_shardings=(run.shardings, run.replicated), donate_argnums=(0, 1))
   run.step_fn = step.lower(run.state, run.sums, batch, run.train_rng).compile()
@@ -353,7 +366,8 @@ def _abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   """(the state with ShapeDtypeStruct leaves and shardings, the shardings, init_fn)."""
   model, tx = builders.build_model(config), training.build_optimizer(config)
   init_fn = functools.partial(training.init_train_state, model=model, tx=tx,
-                              image_shape=builders.image_shape(config))
+                              image_shape=builders.image_shape(config),
+                              posthoc_profiles=len(config.train.posthoc_sigma_rels))
   abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   shardings = distributed.state_shardings(abstract_state, mesh,
                                           shard_params=config.train.shard_params,

@@ -11,6 +11,10 @@ optionally followed by the clean end (alpha = 1, sigma = 0, lambda = +inf). The 
 - "karras": sigma-hat_i = (s_max^(1/rho) + i / (N - 1) (s_min^(1/rho) - s_max^(1/rho)))^rho
   with sigma-hat = sigma / alpha = exp(-lambda / 2) (Karras et al. 2022, eq. 5).
 
+The last two need finite log-SNRs at both ends: on a process whose t_max has alpha = 0 or
+whose t_min has sigma = 0 (`jaxdiff.processes.FlowProcess`) they span sigma-hat in
+[0.002, 80] there, Karras et al.'s range.
+
 Every grid is computed from the process with jnp, so it is traced with the process inside a
 caller's jit. Explicit grids are checked when their values are concrete.
 """
@@ -29,6 +33,12 @@ from jaxdiff import schedules
 Array = Any
 
 GRID_KINDS = ("discrete", "time_uniform", "time_quadratic", "logSNR", "karras")
+TIME_KINDS = ("time_uniform", "time_quadratic")
+
+# Karras et al. 2022's noise range (Sec. 5): where a process reaches sigma-hat = infinity
+# (alpha = 0, a flow's t = 1) or 0 (its t = 0), the grids uniform in lambda or in
+# sigma-hat^(1/rho) end at these levels instead.
+KARRAS_SIGMA_MIN, KARRAS_SIGMA_MAX = 0.002, 80.0
 
 
 @flax.struct.dataclass
@@ -141,12 +151,16 @@ def continuous_times(process: Any, kind: str, num_points: int, *, t_min: Any,
   if kind == "time_quadratic":
     return jnp.linspace(jnp.sqrt(t_max), jnp.sqrt(t_min), num_points) ** 2
   lam = process.log_snr(jnp.stack([t_max, t_min]))
+  finite = jnp.isfinite(lam)
+  karras_range = -2.0 * jnp.log(jnp.asarray([KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN], dtype))
+  lam = jnp.where(finite, lam, karras_range)
   if kind == "logSNR":
     times = process.t_from_log_snr(jnp.linspace(lam[0], lam[1], num_points))
   else:
     sigmas = karras_sigmas(jnp.exp(-0.5 * lam[1]), jnp.exp(-0.5 * lam[0]), num_points, rho=rho)
     times = sigmas_to_times(process, sigmas)
-  return times.at[0].set(t_max).at[-1].set(t_min)
+  times = times.at[0].set(jnp.where(finite[0], t_max, times[0]))
+  return times.at[-1].set(jnp.where(finite[1], t_min, times[-1]))
 
 
 def check_kind(kind: str) -> None:

@@ -98,10 +98,15 @@ def _times(process: Any, plan: Plan, arrays: Mapping[str, Any],
   if plan.timesteps is not None:
     return jnp.asarray(plan.timesteps[::-1], jnp.int32)
   t_min = opts.get("t_min")
+  # A sampler that ends with a step to the clean end stops one point before a grid end that
+  # is clean itself (t = 0 of a flow), so that its N steps are N evaluations.
+  drop_end = (plan.spec.ends_clean and t_min is None and plan.grid in grids.TIME_KINDS
+              and getattr(process, "clean_t_min", False))
   if t_min is None and plan.spec.default_t_min is not None:
     t_min = plan.spec.default_t_min(process, plan.num_steps)
-  return grids.default_times(process, plan.grid, plan.num_steps + plan.spec.endpoint,
-                             t_min=t_min, rho=opts.get("rho", 7.0))
+  times = grids.default_times(process, plan.grid, plan.num_steps + plan.spec.endpoint + drop_end,
+                              t_min=t_min, rho=opts.get("rho", 7.0))
+  return times[:-1] if drop_end else times
 
 
 def _step_inputs(process: Any, plan: Plan, times: Array, opts: Mapping[str, Any]) -> Any:
@@ -189,6 +194,13 @@ def _default_steps(spec: SamplerSpec, process: Any) -> int:
   return spec.continuous_steps
 
 
+def _continuous_default(spec: SamplerSpec, process: Any) -> str:
+  """The sampler's grid on a continuous process: the process's own default where it has one
+  (a flow's uniform t), unless the sampler's grid is part of its method (`SamplerSpec`)."""
+  own = getattr(process, "default_grid", None)
+  return spec.continuous_grid if own is None or spec.own_grid else own
+
+
 def _grid(spec: SamplerSpec, process: Any, *, num_steps: Optional[int], grid: Optional[str],
           timesteps: Optional[Sequence[int]], times: Optional[Array]
           ) -> tuple[int, str, Optional[tuple[int, ...]]]:
@@ -198,7 +210,7 @@ def _grid(spec: SamplerSpec, process: Any, *, num_steps: Optional[int], grid: Op
   if len(given) > 1:
     raise ValueError(f"give at most one of num_steps, timesteps, times (or sigmas); got {given}")
   discrete = isinstance(process, schedules.Schedule)
-  kind = grid or (spec.grid if discrete else spec.continuous_grid)
+  kind = grid or (spec.grid if discrete else _continuous_default(spec, process))
   grids.check_kind(kind)
   points = lambda n: n - spec.endpoint
   if timesteps is not None:
