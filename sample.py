@@ -3,9 +3,10 @@
 Samples the newest (or --step) checkpoint of DIR with its EMA parameters (--no-ema: the raw
 ones) through the one generation path (`jaxdiff.job.generation.sample_batches`, also used by
 evaluation and the trainer: the same --seed and --batch_size give the same images) and
-writes a PNG grid and an .npz of uint8 images ("images", and "labels" for a conditional
-model) into DIR or --out. Unset options default to the run's config.sample. Samplers
-(`jaxdiff.config.sampling.SAMPLERS`) run on any run; --image with --mask inpaints (RePaint
+writes a PNG grid (the words, a .txt, for a word-list run) and an .npz of uint8 images
+("images", and "labels" for a conditional model) into DIR or --out. Unset options default to
+the run's config.sample. Samplers (`jaxdiff.config.sampling.SAMPLERS`) run on any Gaussian
+run (a discrete one samples with "d3pm" or "unmask"); --image with --mask inpaints (RePaint
 with --resample_count > 1), --image alone edits (SDEdit, --strength); ald's --num_steps
 counts Langevin steps per noise level. --pretrained DIR samples an imported diffusers
 UNet2DModel folder (with its scheduler config) instead of a run. An image-to-image run
@@ -77,8 +78,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   return args
 
 
-def run(args: argparse.Namespace) -> tuple[str, str]:
-  """Samples as `args` says; returns the paths of the PNG grid and the .npz written."""
+def run(args: argparse.Namespace) -> tuple[str, ...]:
+  """Samples as `args` says; returns the paths written (PNG grid or words .txt, .npz)."""
   mesh = parallel.make_mesh()
   config, model, params, process, step = cli.load_model(args, mesh)
   out_dir = args.out or args.workdir or "."
@@ -114,11 +115,11 @@ def main(argv: list[str]) -> int:
   try:
     args = parse_args(argv)
     absl_logging.set_verbosity(absl_logging.WARNING)
-    png_path, npz_path = run(args)
+    paths = run(args)
   except cli.CliError as e:
     print(f"sample.py: error: {e}", file=sys.stderr)
     return 2
-  print(f"wrote {png_path} and {npz_path}")
+  print(f"wrote {' and '.join(paths)}")
   return 0
 
 

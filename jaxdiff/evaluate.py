@@ -7,6 +7,8 @@ Metrics (`--metrics`, comma-separated; see jaxdiff.job.evaluation):
   restoration    PSNR, SSIM (and the consistency error of super-resolution) of an
                  image-to-image run's sample.py .npz (--samples, with its "inputs" and
                  "references") beside the task's trivial baseline (bicubic upsampling, ...)
+  words          a word-list run's samples: shares well formed, in the word list, in the
+                 training split, new; unigram and bigram baselines' shares in the list
 
 Samples come from the workdir's newest (or --step) checkpoint, EMA parameters unless
 --no-ema, with config.sample's sampler (--sampler/--num_steps/--eta override it), or from
@@ -33,7 +35,7 @@ import tqdm
 from absl import logging as absl_logging
 
 from jaxdiff import images, parallel
-from jaxdiff.config import builders, sampling
+from jaxdiff.config import builders, sampling, validation
 from jaxdiff.job import cli, runtime
 from jaxdiff.job import evaluation as metrics
 
@@ -133,9 +135,13 @@ def _check_sampler(args: argparse.Namespace, config: Any) -> None:
     sampling.check_fits(config.sample.sampler, config, num_steps=config.sample.num_steps)
   except ValueError as e:
     raise cli.CliError(f"--sampler {config.sample.sampler}: {e}") from None
-  if "bpd" in args.metrics and config.diffusion.objective != "ddpm":
-    raise cli.CliError(f"--metrics bpd is the discrete variational bound; this run's objective "
-                       f"is {config.diffusion.objective!r}, not 'ddpm'")
+  if "bpd" in args.metrics and config.diffusion.objective not in validation.BPD_OBJECTIVES:
+    raise cli.CliError(f"--metrics bpd is a variational bound; this run's objective is "
+                       f"{config.diffusion.objective!r}, not one of "
+                       f"{validation.BPD_OBJECTIVES}")
+  if "words" in args.metrics and config.data.source != "words":
+    raise cli.CliError(f"--metrics words scores a word-list run; this run's data source is "
+                       f"{config.data.source!r}")
 
 
 def _bpd(args: argparse.Namespace, run: tuple, rng: jax.Array, mesh: Any) -> dict[str, Any]:
@@ -154,7 +160,8 @@ def _bpd(args: argparse.Namespace, run: tuple, rng: jax.Array, mesh: Any) -> dic
 
 def _sample_metrics(args: argparse.Namespace, run: tuple, rng: jax.Array,
                     mesh: Any) -> dict[str, Any]:
-  """classifier_fd and / or FID + IS of samples drawn through the one generation path."""
+  """classifier_fd, FID + IS and / or the word-list shares of samples drawn through the one
+  generation path."""
   config, model, params, process, _ = run
   cache_dir = args.cache_dir or metrics.default_cache_dir()
   if args.samples is not None:
@@ -164,6 +171,8 @@ def _sample_metrics(args: argparse.Namespace, run: tuple, rng: jax.Array,
                                        batch_size=min(args.batch_size, args.num_samples),
                                        mesh=mesh, process=process)
   results: dict[str, Any] = {"num_samples": len(samples)}
+  if "words" in args.metrics:
+    results.update(metrics.word_metrics(config, samples, seed=args.seed))
   if "classifier_fd" in args.metrics:
     reference = metrics.classifier_reference(config.data, cache_dir=cache_dir,
                                              split=args.reference_split)
@@ -203,7 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results.update(_bpd(args, loaded, rng, mesh))
   if "restoration" in args.metrics:
     results.update(_restoration(args.samples, config))
-  if {"classifier_fd", "fid"} & set(args.metrics):
+  if {"classifier_fd", "fid", "words"} & set(args.metrics):
     results.update(_sample_metrics(args, loaded, rng, mesh))
   return results
 

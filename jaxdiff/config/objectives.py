@@ -28,6 +28,8 @@ per-example loss of `config.diffusion.objective`:
   (`config.diffusion.cd_solver`) of a trained teacher of any objective (Song et al. 2023,
   Algorithm 2): `consistency_loss_fn(config, teacher=denoiser)`, built by the trainer from
   `config.distill.teacher_workdir` (`jaxdiff.job.distill`).
+- "d3pm", "masked": discrete-state diffusion on categories (`jaxdiff.config.categorical`);
+  they have no Gaussian process or denoiser.
 
 `process_from_config` and `denoiser_from_config` give the samplers the run's noise process
 (`jaxdiff.processes`) and its model as a denoiser (`jaxdiff.denoisers`); the model wrappers
@@ -48,12 +50,13 @@ import ml_collections
 from jaxdiff import consistency, denoisers, edm, flow, losses, processes, schedules
 from jaxdiff import score_matching
 from jaxdiff import sde as sde_lib
+from jaxdiff.config import categorical
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 LossFn = Callable[[ModelFn, jax.Array, jax.Array], jax.Array]
 
 OBJECTIVES = ("ddpm", "sde_dsm", "ncsn", "flow", "edm", "consistency_training",
-              "consistency_distillation")
+              "consistency_distillation") + categorical.OBJECTIVES
 CONSISTENCY = ("consistency_training", "consistency_distillation")
 CURRICULA = ("ict", "ct")
 CT_METRICS = ("pseudo_huber", "l2")
@@ -104,6 +107,9 @@ def denoiser_from_config(diffusion_config: ml_collections.ConfigDict, model_fn: 
   x0 (`edm_model_fn`).
   """
   objective = diffusion_config.objective
+  if objective in categorical.OBJECTIVES:
+    raise ValueError(f"objective {objective!r} is discrete-state: it has no Gaussian denoiser "
+                     "(see jaxdiff.config.categorical)")
   process = process_from_config(diffusion_config) if process is None else process
   if objective == "ddpm":
     return denoisers.make_denoiser(model_fn, process, prediction=diffusion_config.prediction,
@@ -225,6 +231,8 @@ def consistency_loss_fn(diffusion_config: ml_collections.ConfigDict, *,
 def make_loss_fn(diffusion_config: ml_collections.ConfigDict) -> LossFn | CurriculumLoss:
   """`loss_fn(model_fn, x0, rng) -> per-example loss [B]` for `config.diffusion.objective`."""
   objective = diffusion_config.objective
+  if objective in categorical.OBJECTIVES:
+    return categorical.make_loss_fn(diffusion_config)
   if objective == "ddpm":
     schedule = schedule_from_config(diffusion_config)
     options = dict(prediction=diffusion_config.prediction,

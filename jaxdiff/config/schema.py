@@ -16,14 +16,15 @@ import ml_collections
 from ml_collections import config_dict
 
 
-MODEL_NAMES = ("unet", "dit")
+MODEL_NAMES = ("unet", "dit", "transformer")
 
 
 def model_config(name: str = "unet") -> ml_collections.ConfigDict:
   """The `config.model` section of the model called `name`, with its defaults.
 
-  `name` is "unet" (jaxdiff.models.UNet, the default) or "dit" (jaxdiff.models.DiT); the
-  other fields are exactly that module's keyword arguments. Locked, so a config file
+  `name` is "unet" (jaxdiff.models.UNet, the default), "dit" (jaxdiff.models.DiT) or
+  "transformer" (jaxdiff.models.TokenTransformer, over the tokens of the discrete
+  objectives); the other fields are exactly that module's keyword arguments. Locked, so a config file
   swaps models with `config.model = model_config("dit")` and then only updates fields. `name` is also a Flax Module
   field (the module's name, which leaves a top-level module's variables unchanged), so
   `UNet(**config.model)` and `DiT(**config.model)` build the model as they stand.
@@ -66,6 +67,18 @@ def model_config(name: str = "unet") -> ml_collections.ConfigDict:
         dtype="float32",
         remat=False,
     ))
+  elif name == "transformer":  # jaxdiff.models.TokenTransformer (discrete objectives).
+    section = ml_collections.ConfigDict(dict(
+        name="transformer",
+        num_tokens=config_dict.placeholder(int),   # K, plus 1 for a mask token.
+        out_channels=config_dict.placeholder(int),  # K * channels.
+        hidden_size=128,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=4.0,
+        num_classes=config_dict.placeholder(int),
+        dtype="float32",
+    ))
   else:
     raise ValueError(f"config.model.name={name!r} is not one of {MODEL_NAMES}.")
   section.lock()
@@ -100,6 +113,17 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       num_scales=1000,           # SDE discretization steps N (pc); NCSN ladder length L.
       likelihood_weighting=False,  # sde_dsm: lambda(t) = g(t)^2 (Song et al. 2021b).
       sde_eps=1e-5,              # sde_dsm: training times t ~ U(sde_eps, 1).
+      # Discrete-state objectives "d3pm" (Austin et al. 2021) and "masked" (MD4 / MDLM), on
+      # tokens 0..K-1 (jaxdiff.discrete, jaxdiff.config.categorical); num_timesteps is T.
+      num_categories=config_dict.placeholder(int),  # K; uint8 level round(k * 255 / (K-1)).
+      kernel="uniform",          # d3pm: "uniform", "absorbing" (adds the mask K), "gaussian".
+      kernel_schedule="cosine",  # d3pm betas: "cosine", "jsd" or "linear" (start..end).
+      kernel_beta_start=0.02,
+      kernel_beta_end=1.0,
+      discrete_loss="hybrid",    # d3pm: "hybrid" (L_vb + hybrid_coeff * CE), "kl" or "ce".
+      hybrid_coeff=0.001,
+      masking="linear",          # masked: alpha(t) "linear", "cosine" or "poly" (1 - t^w).
+      masking_exponent=1.0,      # masked "poly": w.
       # objective "flow" (jaxdiff.flow): the interpolant and the training-time distribution.
       interpolant="linear",      # "linear" (rectified flow) or "cosine" (trigonometric).
       time_distribution="uniform",  # "uniform", "logit_normal" or "mode" (Esser et al. 2024).
@@ -128,12 +152,16 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
   ))
 
   config.data = ml_collections.ConfigDict(dict(
-      source="tfds",             # "tfds" (by name), "idx" (local IDX files), "photos".
+      source="tfds",             # "tfds" (by name), "idx" (local IDX files), "photos",
+                                 # "words" (a word list as token grids, jaxdiff.data.words).
       name="sklearn_digits",     # TFDS name (jaxdiff registers "sklearn_digits").
       split="train",
       data_dir=config_dict.placeholder(str),  # TFDS data_dir; None = TFDS's default.
       download=True,             # Let TFDS download_and_prepare when not yet prepared.
       idx_dir=config_dict.placeholder(str),   # Folder of IDX files for source="idx".
+      word_list="/usr/share/dict/words",      # source="words": one word a line.
+      quantize=False,            # Discrete objectives: round the 8-bit levels to K levels
+                                 # (else the data must hold exactly K levels).
       image_size=16,             # Images are centre-cropped to a square and resized to this.
       channels=1,
       random_flip=False,         # Random horizontal flips.

@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 
 from jaxdiff import consistency, diffusion, ema, flow, losses, processes, schedules
-from jaxdiff.config import builders, objectives, sampling
+from jaxdiff.config import builders, categorical, objectives, sampling
 from jaxdiff.data import tasks
 from jaxdiff.config.schema import MODEL_NAMES, base_config, model_config
 from jaxdiff.evaluation import METRICS
@@ -34,12 +34,13 @@ _CHOICES = {
     ("diffusion", "weighting"): losses.WEIGHTINGS,
     ("diffusion", "interpolant"): processes.INTERPOLANTS,
     ("diffusion", "time_distribution"): flow.TIME_DISTRIBUTIONS,
-    ("data", "source"): ("tfds", "idx", "photos"),
+    ("data", "source"): ("tfds", "idx", "photos", "words"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("sample", "sampler"): sampling.GRID_SAMPLERS,
     ("model", "dtype"): ("float32", "bfloat16"),
 }
 _LEARNED_VARIANCES = ("learned", "learned_range")
+BPD_OBJECTIVES = ("ddpm",) + categorical.OBJECTIVES  # objectives with a test-set bound
 _POSITIVE_INTS = (
     ("data", "image_size"), ("data", "channels"), ("train", "batch_size"),
     ("train", "num_steps"), ("train", "log_every"), ("train", "checkpoint_every"),
@@ -121,10 +122,11 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
           f"config.{section}.{field}={value} is not divisible by the {num_devices} devices; "
           f"use a multiple of {num_devices}.")
   learned = config.diffusion.variance in _LEARNED_VARIANCES
-  if learned != bool(config.model.learn_sigma):
+  learn_sigma = config.model.get("learn_sigma", False)
+  if learned != bool(learn_sigma) and not categorical.is_categorical(config):
     raise ConfigError(
         f"config.diffusion.variance={config.diffusion.variance!r} needs "
-        f"config.model.learn_sigma={learned}, got {config.model.learn_sigma}.")
+        f"config.model.learn_sigma={learned}, got {learn_sigma}.")
   if config.diffusion.loss_type == "hybrid" and not learned:
     raise ConfigError(
         "config.diffusion.loss_type='hybrid' trains the variance; it needs "
@@ -140,9 +142,17 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   if config.data.source == "idx" and not config.data.idx_dir:
     raise ConfigError("config.data.source='idx' needs config.data.idx_dir, the IDX folder.")
   _validate_optimizer(config.train)
+  try:
+    categorical.validate(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _validate_objective(config)
-  _validate_eval(config.eval, objective=config.diffusion.objective)
-  _validate_task(config)
+  _validate_eval(config.eval, objective=config.diffusion.objective,
+                 source=config.data.source)
+  try:
+    _validate_task(config)
+  except ValueError as e:  # Task.check's and _validate_task's messages, as one ConfigError.
+    raise ConfigError(str(e).rstrip(".") + ".") from None
 
 
 def _validate_task(config: ml_collections.ConfigDict) -> None:
@@ -246,7 +256,8 @@ def _validate_posthoc(train_config: ml_collections.ConfigDict) -> None:
                      "set, else 0.")
 
 
-def _validate_eval(eval_config: ml_collections.ConfigDict, *, objective: str) -> None:
+def _validate_eval(eval_config: ml_collections.ConfigDict, *, objective: str,
+                   source: str) -> None:
   """config.eval: a non-negative period and known metrics that this objective supports."""
   every = eval_config.every
   if not isinstance(every, int) or isinstance(every, bool) or every < 0:
@@ -255,9 +266,12 @@ def _validate_eval(eval_config: ml_collections.ConfigDict, *, objective: str) ->
   if unknown or not eval_config.metrics:
     raise ConfigError(f"config.eval.metrics={tuple(eval_config.metrics)!r}; expected a "
                      f"non-empty subset of {METRICS}.")
-  if "bpd" in eval_config.metrics and objective != "ddpm":
-    raise ConfigError(f"config.eval.metrics has 'bpd', the discrete variational bound; it "
-                     f"needs config.diffusion.objective='ddpm', not {objective!r}.")
+  if "bpd" in eval_config.metrics and objective not in BPD_OBJECTIVES:
+    raise ConfigError(f"config.eval.metrics has 'bpd', a variational bound; it needs "
+                      f"config.diffusion.objective in {BPD_OBJECTIVES}, not {objective!r}.")
+  if "words" in eval_config.metrics and source != "words":
+    raise ConfigError(f"config.eval.metrics has 'words', which scores samples of a word list; "
+                      f"it needs config.data.source='words', not {source!r}.")
   if "fid" in eval_config.metrics and not eval_config.inception_weights:
     raise ConfigError("config.eval.metrics has 'fid'; it needs config.eval.inception_weights, "
                      "the FID Inception .npz.")

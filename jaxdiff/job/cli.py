@@ -18,7 +18,8 @@ import numpy as np
 
 from jaxdiff import images, parallel
 from jaxdiff.config import builders, sampling, schema
-from jaxdiff.data import tasks
+from jaxdiff.data import tasks, words
+from jaxdiff.discrete import levels
 from jaxdiff.job import checkpoints, generation
 from jaxdiff.models import diffusers_scheduler, pretrained
 
@@ -201,8 +202,9 @@ def load_cascade(args: argparse.Namespace, mesh: Any, config: ml_collections.Con
 def write_samples(stem: str, samples: np.ndarray, request: generation.Request,
                   config: ml_collections.ConfigDict, *, references: np.ndarray | None,
                   rows: int | None) -> tuple[str, str]:
-  """Writes stem.png and stem.npz ("images" uint8, "labels"; for a conditioned run also the
-  "inputs" and "references" and a PNG of input | output | reference rows); returns paths."""
+  """Writes stem.png (stem.txt of words for a word-list run) and stem.npz ("images" uint8,
+  "labels"; for a conditioned run also the "inputs" and "references" and a PNG of input |
+  output | reference rows); returns the two paths."""
   outputs = images.to_uint8(samples)
   extra, columns = {}, [outputs]
   if request.conditions is not None:
@@ -215,10 +217,22 @@ def write_samples(stem: str, samples: np.ndarray, request: generation.Request,
     extra["references"] = images.to_uint8(references)
     columns.append(extra["references"])
   grid = outputs if len(columns) == 1 else images.side_by_side(columns)
-  png_path, npz_path = stem + ".png", stem + ".npz"
-  images.save_grid(png_path, grid, rows=rows)
+  shown_path, npz_path = stem + ".png", stem + ".npz"
+  if config.data.source == "words":
+    shown_path = stem + ".txt"
+    _write_words(shown_path, outputs)
+  else:
+    images.save_grid(shown_path, grid, rows=rows)
   images.save_npz(npz_path, outputs, labels=request.labels, extra=extra)
-  return png_path, npz_path
+  return shown_path, npz_path
+
+
+def _write_words(path: str, samples: np.ndarray) -> None:
+  """The words of a word-list run's uint8 samples, one a line (a malformed sample as its
+  letters with "." for the end token)."""
+  with open(path, "w") as f:
+    f.writelines(line + "\n" for line in words.render(
+        np.asarray(levels.uint8_to_tokens(samples, words.NUM_TOKENS))))
 
 
 def load_pretrained_run(directory: str) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:

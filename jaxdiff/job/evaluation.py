@@ -3,8 +3,9 @@ test-set bits/dim, for `python -m jaxdiff.evaluate` and for periodic use during 
 
 Metric names: "bpd" (the variational bound, `jaxdiff.evaluation.bpd`), "fid" (FID and
 Inception Score with the FID InceptionV3, Heusel et al. 2017 / Salimans et al. 2016; needs
-a local weights file) and "classifier_fd" (the Frechet distance in the features of a small
-classifier trained on the data set, `jaxdiff.evaluation.classifier`). Reference statistics
+a local weights file), "classifier_fd" (the Frechet distance in the features of a small
+classifier trained on the data set, `jaxdiff.evaluation.classifier`) and "words" (samples
+of a word-list run against the list and n-gram baselines, `jaxdiff.evaluation.words`). Reference statistics
 and the classifier are cached under `cache_dir` (default $JAXDIFF_CACHE or
 ~/.cache/jaxdiff), keyed by data set, resolution and the weights they were computed with.
 """
@@ -23,13 +24,16 @@ import ml_collections
 import numpy as np
 
 from jaxdiff import images
-from jaxdiff.config import builders, objectives
-from jaxdiff.data import tasks
+from jaxdiff.config import builders, categorical, objectives
+from jaxdiff.data import ArraySource, tasks
+from jaxdiff.data import words as word_data
+from jaxdiff.discrete import levels
 from jaxdiff.evaluation import bpd as bpd_lib
 from jaxdiff.evaluation import METRICS, frechet, inception, restoration
 from jaxdiff.evaluation.classifier import TrainedClassifier, load_or_train_classifier
 from jaxdiff.evaluation.datasets import load_images
 from jaxdiff.evaluation.inception_score import inception_score
+from jaxdiff.evaluation.words import bigram_words, unigram_words, word_statistics
 from jaxdiff.job import generation, runtime
 
 
@@ -149,13 +153,36 @@ def evaluate_bpd(config: ml_collections.ConfigDict, model: nn.Module, params: An
                  mesh: Optional[jax.sharding.Mesh] = None, on_batch: Optional[Any] = None,
                  schedule: Any = None) -> bpd_lib.BpdResult:
   """`bpd.dataset_bpd` of a data split under `model` with `params` (unconditional call), on
-  the run's schedule or the given one (an imported model's)."""
-  images, _ = load_images(config.data, split=split, max_examples=max_examples)
+  the run's schedule or the given one (an imported model's); for a discrete objective
+  `categorical.dataset_bpd` (the images' levels checked first)."""
+  real, _ = load_images(config.data, split=split, max_examples=max_examples)
+  if categorical.is_categorical(config):
+    categorical.check_data(config, ArraySource(images.to_uint8(real)), every_level=False)
+    return categorical.dataset_bpd(config, model.apply, {"params": params}, real, rng=rng,
+                                   batch_size=batch_size, mesh=mesh, on_batch=on_batch)
   schedule = objectives.schedule_from_config(config.diffusion) if schedule is None else schedule
   return bpd_lib.dataset_bpd(
       model.apply, {"params": params}, schedule,
-      images, rng=rng, batch_size=batch_size, mesh=mesh, on_batch=on_batch,
+      real, rng=rng, batch_size=batch_size, mesh=mesh, on_batch=on_batch,
       prediction=config.diffusion.prediction, variance=config.diffusion.variance)
+
+
+def word_metrics(config: ml_collections.ConfigDict, samples: np.ndarray, *,
+                 seed: int = 0) -> dict[str, float]:
+  """"words_*" statistics (`word_statistics`) of samples [N, H, W, C] in [-1, 1] of a
+  word-list run, against the run's word list (every word that fits, as the vocabulary) and
+  its training split; "words_unigram_in_list" / "words_bigram_in_list": the same share for
+  as many words of the training words' unigram and bigram baselines (seeded)."""
+  length = config.data.image_size ** 2 * config.data.channels
+  vocabulary = word_data.read_words(config.data.word_list, max_length=length)
+  train = [w for w in vocabulary if word_data.in_split(w, "train")]
+  generated = word_data.decode(np.asarray(levels.images_to_tokens(samples,
+                                                                  word_data.NUM_TOKENS)))
+  results = {f"words_{k}": v for k, v in word_statistics(generated, vocabulary, train).items()}
+  for name, baseline in (("unigram", unigram_words), ("bigram", bigram_words)):
+    drawn = baseline(train, len(generated), seed=seed, max_length=length)
+    results[f"words_{name}_in_list"] = word_statistics(drawn, vocabulary, train)["in_list"]
+  return results
 
 
 def evaluate_during_training(config: ml_collections.ConfigDict, model: nn.Module,
@@ -186,9 +213,11 @@ def evaluate_during_training(config: ml_collections.ConfigDict, model: nn.Module
     result = evaluate_bpd(config, model, params, bpd_key, split=bpd_split,
                           max_examples=bpd_examples)
     results.update(bpd=result.bpd, bpd_stderr=result.stderr)
-  if "classifier_fd" in metrics or "fid" in metrics:
+  if {"classifier_fd", "fid", "words"} & set(metrics):
     samples = generate_samples(config, model, params, sample_key, num_samples=num_samples,
                                batch_size=min(sample_batch_size, num_samples))
+    if "words" in metrics:
+      results.update(word_metrics(config, samples))
     if "classifier_fd" in metrics:
       reference = classifier_reference(config.data, cache_dir=cache_dir)
       results["classifier_fd"] = classifier_frechet_distance(reference, samples)

@@ -17,6 +17,8 @@ augmentation) with the batch's key; the known pixels of an inpainting or uncropp
 condition are also kept by the runner's replacement (as Palette samples). Classifier-free
 guidance on the image condition uses the null condition, zeros. `sample_cascade` runs a
 base model and super-resolution stages end to end.
+A discrete run ("d3pm", "masked") draws its tokens with `jaxdiff.config.categorical.generate`
+and returns their images.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from flax import linen as nn
 from jax.experimental import multihost_utils
 
 from jaxdiff import parallel, samplers, sde_samplers
-from jaxdiff.config import builders, objectives, sampling
+from jaxdiff.config import builders, categorical, objectives, sampling
 from jaxdiff.data import tasks
 from jaxdiff.evaluation import datasets
 from jaxdiff.samplers import discrete, pc
@@ -252,8 +254,12 @@ def sample_batches(config: ml_collections.ConfigDict, model: nn.Module, params: 
         config, request, index, jax.random.fold_in(batch_key, 1), sharding, batch_size)
     model_fn = model_fn_for(model, params, labels=labels, guidance_scale=request.guidance_scale,
                             null_label=config.model.num_classes, **conditioning)
-    batch = _one_batch(config, _denoiser(config, model_fn, request, process), batch_key,
-                       request, sharding, shape, runner_inputs)
+    if categorical.is_categorical(config):
+      batch = categorical.generate(config, model_fn, batch_key, shape,
+                                   num_steps=request.num_steps, sharding=sharding)
+    else:
+      batch = _one_batch(config, _denoiser(config, model_fn, request, process), batch_key,
+                         request, sharding, shape, runner_inputs)
     outputs.append(np.asarray(multihost_utils.process_allgather(batch, tiled=True)))
     if on_batch is not None:
       on_batch(index + 1, num_batches)

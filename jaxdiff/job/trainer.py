@@ -50,7 +50,7 @@ import tqdm
 from etils import epath
 
 from jaxdiff import data, images, parallel
-from jaxdiff.config import builders, objectives, validation
+from jaxdiff.config import builders, categorical, objectives, validation
 from jaxdiff.job import checkpoints as checkpointing
 from jaxdiff.job import cli
 from jaxdiff.job import distill, distributed
@@ -336,6 +336,10 @@ def _open_data(config: ml_collections.ConfigDict) -> data.ImageSource:
     raise validation.ConfigError(
         f"config.model.num_classes={num_classes}, but the {name} has {source.num_classes} "
         f"classes (labels 0..{source.num_classes - 1}).")
+  try:
+    categorical.check_data(config, source)
+  except ValueError as e:
+    raise validation.ConfigError(str(e)) from None
   _check_eval_data(config, has_labels=labels is not None)
   return source
 
