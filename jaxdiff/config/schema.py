@@ -16,14 +16,16 @@ import ml_collections
 from ml_collections import config_dict
 
 
-MODEL_NAMES = ("unet", "dit")
+MODEL_NAMES = ("unet", "dit", "autoencoder_kl")
 
 
 def model_config(name: str = "unet") -> ml_collections.ConfigDict:
   """The `config.model` section of the model called `name`, with its defaults.
 
-  `name` is "unet" (jaxdiff.models.UNet, the default) or "dit" (jaxdiff.models.DiT); the
-  other fields are exactly that module's keyword arguments. Locked, so a config file
+  `name` is "unet" (jaxdiff.models.UNet, the default), "dit" (jaxdiff.models.DiT) or
+  "autoencoder_kl" (jaxdiff.models.autoencoder_kl.AutoencoderKL: a run that trains the KL
+  autoencoder of latent diffusion, with `config.autoencoder`'s objective); the other fields
+  are exactly that module's keyword arguments. Locked, so a config file
   swaps models with `config.model = model_config("dit")` and then only updates fields. `name` is also a Flax Module
   field (the module's name, which leaves a top-level module's variables unchanged), so
   `UNet(**config.model)` and `DiT(**config.model)` build the model as they stand.
@@ -46,6 +48,11 @@ def model_config(name: str = "unet") -> ml_collections.ConfigDict:
         num_groups=32,
         dtype="float32",
         remat=False,
+        # Cross-attention (Rombach et al. 2022): SpatialTransformers at these heights,
+        # attending to a context of width context_dim (the conditioner's width).
+        context_dim=config_dict.placeholder(int),
+        transformer_resolutions=(),
+        transformer_depth=1,
     ))
   elif name == "dit":  # DiT-S/2 (Peebles & Xie 2023, Table 4).
     section = ml_collections.ConfigDict(dict(
@@ -60,6 +67,23 @@ def model_config(name: str = "unet") -> ml_collections.ConfigDict:
         learn_sigma=False,
         dtype="float32",
         remat=False,
+    ))
+  elif name == "autoencoder_kl":  # f = 4: three levels (Rombach et al. 2022, Table 8).
+    section = ml_collections.ConfigDict(dict(
+        name="autoencoder_kl",
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(128, 256, 512),
+        layers_per_block=2,
+        act_fn="silu",
+        latent_channels=3,
+        norm_num_groups=32,
+        scaling_factor=1.0,
+        use_quant_conv=True,
+        use_post_quant_conv=True,
+        mid_block_add_attention=True,
     ))
   else:
     raise ValueError(f"config.model.name={name!r} is not one of {MODEL_NAMES}.")
@@ -144,6 +168,38 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
   ))
 
   # Periodic evaluation during training (jaxdiff.job.evaluation.evaluate_during_training).
+  # Latent diffusion and the KL autoencoder (jaxdiff.job.latents, jaxdiff.autoencoder).
+  config.autoencoder = ml_collections.ConfigDict(dict(
+      # A diffusion run in latent space: the frozen autoencoder of a train.py run with
+      # config.model.name="autoencoder_kl". Setting workdir (or latent_channels) makes the
+      # run latent; the other fields are recorded in the run's config.json at its start.
+      workdir=config_dict.placeholder(str),
+      step=config_dict.placeholder(int),             # Its checkpoint; None = the newest.
+      latent_channels=config_dict.placeholder(int),  # Expected; None = the autoencoder's.
+      downsampling_factor=config_dict.placeholder(int),  # f, read from the autoencoder.
+      scale_factor=config_dict.placeholder(float),   # 1 / std of latents; None = measured.
+      scale_examples=2048,       # Training images encoded to measure scale_factor.
+      sample_posterior=True,     # Encode (and, training the autoencoder, decode) z ~ q(z|x).
+      # Training the autoencoder itself (config.model.name="autoencoder_kl").
+      reconstruction="l1",       # "l1" or "l2", summed over pixels.
+      kl_weight=1e-6,
+      disc_weight=0.0,           # Patch discriminator with adaptive weight; 0 = none.
+      disc_start=0,              # Step from which the adversarial terms count.
+      disc_channels=64,
+      disc_layers=3,
+      num_reconstructions=16,    # Test images in each reconstructions/step_N.png grid.
+  ))
+
+  # Conditioning on a token sequence through cross-attention (jaxdiff.models.text_encoder).
+  config.conditioner = ml_collections.ConfigDict(dict(
+      name=config_dict.placeholder(str),  # None, or "text": captions, a trained TextEncoder.
+      captions="fashion_mnist",  # Caption builder of jaxdiff.data.captions.CAPTION_SETS.
+      max_length=8,              # Tokens per caption, BOS included.
+      width=64,                  # Context width D (= config.model.context_dim).
+      depth=2,
+      num_heads=4,
+  ))
+
   config.eval = ml_collections.ConfigDict(dict(
       every=0,                   # Steps between evaluations; 0 = off.
       metrics=("classifier_fd",),  # Subset of jaxdiff.evaluation.METRICS.

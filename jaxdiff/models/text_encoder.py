@@ -14,11 +14,19 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff.models.attention import self_attention
 from jaxdiff.models.initializers import default_init
 
 PAD, BOS = 0, 1
+
+
+def null_tokens(max_length: int) -> np.ndarray:
+  """The empty caption int32 [max_length]: BOS, then padding."""
+  row = np.full((max_length,), PAD, np.int32)
+  row[0] = BOS
+  return row
 
 
 def _layer_norm(x: jax.Array, name: str) -> jax.Array:
@@ -97,15 +105,12 @@ class TextConditioned(nn.Module):
   denoiser: nn.Module
   text_encoder: TextEncoder
 
-  def null_tokens(self, batch: int) -> jax.Array:
-    """The empty caption, ``[batch, max_length]``."""
-    row = jnp.zeros((self.text_encoder.max_length,), jnp.int32).at[0].set(BOS)
-    return jnp.broadcast_to(row, (batch, self.text_encoder.max_length))
-
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, *,
                train: bool = False) -> jax.Array:
-    tokens = self.null_tokens(x.shape[0]) if y is None else jnp.asarray(y)
+    length = self.text_encoder.max_length
+    tokens = (jnp.broadcast_to(null_tokens(length), (x.shape[0], length)) if y is None
+              else jnp.asarray(y))
     if tokens.ndim != 2 or tokens.shape[0] != x.shape[0]:
       raise ValueError(f"y (caption token ids) must have shape [B, L] with B = "
                        f"{x.shape[0]}, got {tokens.shape}")
