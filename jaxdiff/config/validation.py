@@ -10,7 +10,7 @@ from typing import Any
 import ml_collections
 
 from jaxdiff import diffusion, losses, schedules
-from jaxdiff.config import objectives, sampling
+from jaxdiff.config import latent_checks, objectives, sampling
 from jaxdiff.config.schema import MODEL_NAMES, base_config, model_config
 from jaxdiff.evaluation import METRICS
 
@@ -78,6 +78,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   _check_model_name(config)
   _check_keys(config, base_config(model=config.model.name), "")
   for (section, field), choices in _CHOICES.items():
+    if field not in config[section]:  # e.g. the autoencoder has no dtype
+      continue
     value = config[section][field]
     if value not in choices:
       raise ValueError(f"config.{section}.{field}={value!r} is not one of {choices}.")
@@ -91,6 +93,15 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
       raise ValueError(
           f"config.{section}.{field}={value} is not divisible by the {num_devices} devices; "
           f"use a multiple of {num_devices}.")
+  if not 0.0 <= config.train.ema_decay < 1.0:
+    raise ValueError(f"config.train.ema_decay={config.train.ema_decay}; expected [0, 1).")
+  if config.data.source == "idx" and not config.data.idx_dir:
+    raise ValueError("config.data.source='idx' needs config.data.idx_dir, the IDX folder.")
+  if config.model.name == "autoencoder_kl":
+    latent_checks.validate_autoencoder_run(config)
+    return
+  latent_checks.validate_latent(config)
+  latent_checks.validate_conditioner(config)
   learned = config.diffusion.variance in _LEARNED_VARIANCES
   if learned != bool(config.model.learn_sigma):
     raise ValueError(
@@ -102,14 +113,11 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
         f"config.diffusion.variance in {_LEARNED_VARIANCES}.")
   if not 0.0 <= config.train.label_dropout < 1.0:
     raise ValueError(f"config.train.label_dropout={config.train.label_dropout}; expected [0, 1).")
-  if config.train.label_dropout > 0 and config.model.num_classes is None:
+  conditional = config.model.num_classes is not None or config.conditioner.name is not None
+  if config.train.label_dropout > 0 and not conditional:
     raise ValueError(
-        f"config.train.label_dropout={config.train.label_dropout} needs a class-conditional "
-        "model: set config.model.num_classes.")
-  if not 0.0 <= config.train.ema_decay < 1.0:
-    raise ValueError(f"config.train.ema_decay={config.train.ema_decay}; expected [0, 1).")
-  if config.data.source == "idx" and not config.data.idx_dir:
-    raise ValueError("config.data.source='idx' needs config.data.idx_dir, the IDX folder.")
+        f"config.train.label_dropout={config.train.label_dropout} needs a conditional "
+        "model: set config.model.num_classes or config.conditioner.name.")
   _validate_objective(config)
   _validate_eval(config.eval, objective=config.diffusion.objective)
 

@@ -23,13 +23,18 @@ import ml_collections
 import numpy as np
 
 from jaxdiff import images
-from jaxdiff.config import objectives
+from jaxdiff.config import builders, objectives
 from jaxdiff.evaluation import bpd as bpd_lib
 from jaxdiff.evaluation import METRICS, frechet, inception
 from jaxdiff.evaluation.classifier import TrainedClassifier, load_or_train_classifier
 from jaxdiff.evaluation.datasets import load_images
 from jaxdiff.evaluation.inception_score import inception_score
-from jaxdiff.job import generation
+from jaxdiff.job import generation, latents
+
+# The metrics of `python -m jaxdiff.evaluate`: METRICS (also for config.eval during training),
+# "reconstruction" (an autoencoder run's PSNR and latent statistics) and "prompt_accuracy"
+# (how often a classifier trained on the data recognizes the class a sample was asked for).
+TOOL_METRICS = METRICS + ("reconstruction", "prompt_accuracy")
 
 
 def default_cache_dir() -> str:
@@ -192,3 +197,52 @@ def evaluate_during_training(config: ml_collections.ConfigDict, model: nn.Module
                                       cache_dir=cache_dir)
       results.update(fid_and_inception_score(reference, samples))
   return results
+
+
+def psnr(images_a: np.ndarray, images_b: np.ndarray) -> np.ndarray:
+  """Peak signal-to-noise ratio in dB per image of two batches in [-1, 1] (peak-to-peak 2):
+  10 log10(2^2 / mean squared error)."""
+  error = np.mean(np.square(np.asarray(images_a, np.float64) - np.asarray(images_b, np.float64)),
+                  axis=tuple(range(1, np.ndim(images_a))))
+  return 10.0 * np.log10(4.0 / np.maximum(error, 1e-20))
+
+
+def reconstruction_metrics(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
+                           key: jax.Array, *, split: Optional[str] = "test",
+                           max_examples: int = 1000, batch_size: int = 256
+                           ) -> dict[str, Any]:
+  """An autoencoder run's mean PSNR (dB, 8-bit reconstructions of the posterior mean) on the
+  first `max_examples` images of `split`, and the statistics of their unscaled latents."""
+  data_images, _ = load_images(config.data, split=split, max_examples=max_examples)
+  apply = jax.jit(model.apply)
+  recon = np.concatenate([np.asarray(apply({"params": params}, data_images[i:i + batch_size]))
+                          for i in range(0, len(data_images), batch_size)])
+  recon = images.from_uint8(images.to_uint8(recon))
+  values = psnr(data_images, recon)
+  coder = latents.LatentCoder(params=params["autoencoder"], scale_factor=np.float32(1.0),
+                              autoencoder=model.autoencoder,
+                              sample_posterior=config.autoencoder.sample_posterior)
+  stats = latents.latent_statistics(coder, data_images, key=key, batch_size=batch_size)
+  return {"psnr": float(values.mean()), "psnr_stderr": float(values.std() / np.sqrt(len(values))),
+          "reconstruction_examples": len(values),
+          **{f"latent_{name}": value for name, value in stats.items()}}
+
+
+def prompt_accuracy(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
+                    key: jax.Array, reference: ClassifierReference, *, num_samples: int,
+                    batch_size: int, guidance_scale: float,
+                    mesh: Optional[jax.sharding.Mesh] = None) -> float:
+  """Share of `num_samples` samples, asked for classes 0, 1, ..., K - 1 in turn (by label, or
+  for a caption model by the bare class name as prompt), that the data's classifier
+  (`reference.classifier`, trained on real images only) assigns to the class asked for."""
+  num_classes = reference.classifier.num_classes
+  wanted = generation.cycled_labels(num_classes, num_samples)
+  tokens = generation.class_captions(config, num_samples)
+  if tokens is None and config.model.get("num_classes") is None:
+    raise ValueError("prompt_accuracy needs a conditional model (class labels or captions)")
+  request = generation.request_from_config(
+      config, num_samples=num_samples, batch_size=batch_size, guidance_scale=guidance_scale,
+      labels=None if tokens is not None else wanted, tokens=tokens)
+  samples = generation.sample_batches(config, model, params, key, request, mesh=mesh)
+  predicted = reference.classifier.predict(images.from_uint8(images.to_uint8(samples)))
+  return float(np.mean(predicted == wanted))

@@ -19,6 +19,9 @@ from flax import struct
 from jaxdiff.config import builders
 from jaxdiff.config.objectives import LossFn
 
+# objective_fn(params, images, rng, step) -> per-example loss [B] (an autoencoder run's).
+ObjectiveFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+
 
 @struct.dataclass
 class TrainState:
@@ -82,9 +85,16 @@ def drop_labels(rng: jax.Array, labels: jax.Array, *, null_label: int,
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               loss_fn: LossFn, ema_decay: float, label_dropout: float = 0.0,
-               num_classes: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               loss_fn: LossFn | None, ema_decay: float, label_dropout: float = 0.0,
+               num_classes: int | None = None,
+               objective_fn: ObjectiveFn | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on `batch` ({"image": [B, H, W, C] in [-1, 1], "label": [B]}).
+
+  A batch with a "condition" (e.g. caption tokens [B, L], see `jaxdiff.job.inputs`) gives
+  the model that as `y`, with its classifier-free-guidance dropout already applied. With
+  `objective_fn` (an autoencoder run) the loss is `objective_fn(params, batch["image"],
+  rng, step)` instead of `loss_fn` of the model.
 
   `rng` is the run's base key; this step's randomness is `fold_in(rng, state.step)`, so a
   resumed run repeats the same draws. The loss is the batch mean of `loss_fn`'s per-example
@@ -103,8 +113,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     labels = batch["label"]
   if labels is not None and label_dropout > 0:
     labels = drop_labels(label_rng, labels, null_label=num_classes, drop_prob=label_dropout)
+  if "condition" in batch:
+    labels = batch["condition"]
 
   def objective(params: Any) -> jax.Array:
+    if objective_fn is not None:
+      return jnp.mean(objective_fn(params, batch["image"], noise_rng, state.step))
     def model_fn(x_t: jax.Array, t: jax.Array) -> jax.Array:
       return state.apply_fn({"params": params}, x_t, t, y=labels, train=True,
                             rngs={"dropout": dropout_rng})
@@ -131,5 +145,5 @@ def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
   model, tx = builders.build_model(config), build_optimizer(config)
   return jax.eval_shape(
       lambda rng: init_train_state(rng, model=model, tx=tx,
-                                   image_shape=builders.image_shape(config)),
+                                   image_shape=builders.model_input_shape(config)),
       jax.random.PRNGKey(0))

@@ -27,10 +27,10 @@ import tqdm
 from etils import epath
 
 from jaxdiff import data, images, parallel
-from jaxdiff.config import builders, objectives, validation
+from jaxdiff.config import builders, validation
 from jaxdiff.job import checkpoints as checkpointing
 from jaxdiff.job import evaluation as eval_metrics
-from jaxdiff.job import generation
+from jaxdiff.job import generation, inputs, latents
 from jaxdiff.job import distributed
 from jaxdiff.job import step as training
 from jaxdiff.job.writers import MetricWriter
@@ -61,22 +61,28 @@ def _check_labels(config: ml_collections.ConfigDict, source: data.ImageSource) -
   if len(source) == 0:
     raise ValueError(f"Dataset {config.data.name!r} split {config.data.split!r} is empty.")
   _, labels = source.read([0])
-  if config.model.num_classes is not None and labels is None:
+  if config.model.get("num_classes") is not None and labels is None:
     raise ValueError(f"config.model.num_classes={config.model.num_classes} needs labels, "
                      f"but dataset {config.data.name!r} has none.")
+  if config.conditioner.name == "text" and labels is None:
+    raise ValueError(f"config.conditioner.name='text' builds captions from the labels, but "
+                     f"dataset {config.data.name!r} has none.")
 
 
 def _save_samples(config: ml_collections.ConfigDict, model, state: training.TrainState,
                   rng: jax.Array, *, step: int, workdir: epath.Path,
                   sharding: jax.sharding.Sharding, writer: MetricWriter) -> None:
-  samples = generation.sample_batches(config, model, state.ema_params,
-                                      jax.random.fold_in(rng, step),
-                                      generation.request_from_config(config),
-                                      mesh=sharding.mesh)
+  if config.model.name == "autoencoder_kl":  # test images above their reconstructions
+    pictures, folder, rows = latents.reconstruction_grid(config, model, state.ema_params), \
+        "reconstructions", 2
+  else:
+    pictures, folder, rows = images.to_uint8(generation.sample_batches(
+        config, model, state.ema_params, jax.random.fold_in(rng, step),
+        generation.request_from_config(config), mesh=sharding.mesh)), "samples", None
   if jax.process_index() == 0:
-    grid = images.save_grid(os.fspath(workdir / "samples" / f"step_{step:08d}.png"),
-                            images.to_uint8(samples))
-    writer.write_image(step, "samples_ema", grid)
+    grid = images.save_grid(os.fspath(workdir / folder / f"step_{step:08d}.png"), pictures,
+                            rows=rows)
+    writer.write_image(step, f"{folder}_ema", grid)
 
 
 def _evaluate(config: ml_collections.ConfigDict, model, state: training.TrainState,
@@ -98,6 +104,7 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
   Returns the final TrainState. Raises ValueError on a bad config before compiling
   anything, FloatingPointError on a non-finite loss or gradient norm.
   """
+  config = latents.resolve_config(config, workdir=workdir)
   validation.validate_config(config, num_devices=jax.device_count())
   workdir = epath.Path(workdir)
   train_config = config.train
@@ -106,6 +113,7 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
   replicated = parallel.replicated(mesh)
   source = data.make_source(config.data)
   _check_labels(config, source)
+  coder = latents.training_coder(config, mesh)
 
   model, tx = builders.build_model(config), training.build_optimizer(config)
   learning_rate = training.learning_rate_schedule(
@@ -114,7 +122,7 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
   sample_rng = jax.random.PRNGKey(config.sample.seed)  # Grids at step s use fold_in(., s).
   eval_rng = jax.random.split(sample_rng)[1]           # Evaluations at step s likewise.
   init_fn = functools.partial(training.init_train_state, model=model, tx=tx,
-                              image_shape=builders.image_shape(config))
+                              image_shape=builders.model_input_shape(config))
   abstract_state = jax.eval_shape(init_fn, init_rng)
   shardings = distributed.state_shardings(abstract_state, mesh,
                                        shard_params=train_config.shard_params,
@@ -145,16 +153,17 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike
           f"{sum(x.size for x in jax.tree.leaves(state.params)):,} parameters.", flush=True)
 
   step_fn = jax.jit(
-      functools.partial(training.train_step, loss_fn=objectives.make_loss_fn(config.diffusion),
+      functools.partial(training.train_step, **inputs.step_objective(config),
                         ema_decay=train_config.ema_decay,
                         label_dropout=train_config.label_dropout,
-                        num_classes=config.model.num_classes),
+                        num_classes=config.model.get("num_classes")),
       in_shardings=(shardings, batch_sharding, replicated),
       out_shardings=(shardings, replicated), donate_argnums=0)
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-  batches = data.device_batches(source, config.data, seed=train_config.seed,
-                                batch_size=train_config.batch_size, start_step=start_step,
-                                num_steps=train_config.num_steps, sharding=batch_sharding)
+  batches = inputs.model_batches(config, data.device_batches(
+      source, config.data, seed=train_config.seed, batch_size=train_config.batch_size,
+      start_step=start_step, num_steps=train_config.num_steps, sharding=batch_sharding),
+      coder=coder, start_step=start_step)
   progress = tqdm.tqdm(total=train_config.num_steps, initial=start_step, unit="step",
                        disable=jax.process_index() != 0)
   losses, grad_norms, interval_start = [], [], time.perf_counter()
