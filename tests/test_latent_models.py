@@ -21,7 +21,7 @@ from jaxdiff.models import UNet
 from jaxdiff.models.autoencoder import AutoencoderWithDiscriminator, downsampling_factor
 from jaxdiff.models.autoencoder_kl import AutoencoderKL
 from jaxdiff.models.discriminator import PatchDiscriminator
-from jaxdiff.models.spatial_transformer import SpatialTransformer
+from jaxdiff.models.spatial_transformer import Attention, SpatialTransformer
 from jaxdiff.models.text_encoder import TextConditioned, TextEncoder, null_tokens
 from jaxdiff.posterior import DiagonalGaussian
 
@@ -189,6 +189,39 @@ def test_cross_attention_ignores_masked_context_tokens():
   # zeros that is also fully masked, whatever the values.
   np.testing.assert_array_equal(
       block.apply(params, x, jnp.zeros_like(context), mask)[2], out[2])
+
+
+def _attention_reference(params, h, context, mask):
+  """softmax(Q K^T / sqrt(d) + log mask) V per head, then the output projection, in float64
+  numpy (Rombach et al. 2022, eq. 3); an all-masked row attends to nothing (output = bias)."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+  q, k, v = (np.einsum("bnc,chd->bhnd", x, p[name]["kernel"])
+             for name, x in (("q", h), ("k", context), ("v", context)))
+  logits = np.einsum("bhnd,bhld->bhnl", q, k) / np.sqrt(q.shape[-1])
+  logits = np.where(mask[:, None, None, :], logits, -np.inf)
+  top = np.max(logits, axis=-1, keepdims=True)
+  weights = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
+  total = weights.sum(axis=-1, keepdims=True)
+  weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+  out = np.einsum("bhnl,bhld->bnhd", weights, v)
+  return np.einsum("bnhd,hdc->bnc", out, p["proj_out"]["kernel"]) + p["proj_out"]["bias"]
+
+
+def test_cross_attention_matches_a_float64_numpy_reference(x64):
+  heads = 2
+  block = Attention(heads, dtype=jnp.float64)
+  rng = np.random.default_rng(3)
+  h, context = rng.normal(size=(3, 6, 8)), rng.normal(size=(3, 5, 4))
+  mask = np.array([[1, 1, 0, 0, 0], [1, 0, 1, 1, 1], [0, 0, 0, 0, 0]], bool)
+  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                        _random_params(block, jnp.asarray(h), jnp.asarray(context),
+                                       jnp.asarray(mask)))
+  got = block.apply(params, jnp.asarray(h), jnp.asarray(context), jnp.asarray(mask))
+  # jax.nn.dot_product_attention forms the logits and softmax in float32 even for float64
+  # inputs: agreement to float32 rounding of O(1) values (a wrong scale or an ignored mask
+  # moves outputs by O(0.1)).
+  np.testing.assert_allclose(got, _attention_reference(params, h, context, mask),
+                             rtol=1e-5, atol=1e-6)
 
 
 def _caption_unet(**overrides):

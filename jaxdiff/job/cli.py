@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxdiff import images, parallel
 from jaxdiff.config import builders, sampling, schema
-from jaxdiff.job import checkpoints, generation
+from jaxdiff.job import checkpoints, generation, latents
 from jaxdiff.models import diffusers_scheduler, pretrained
 
 
@@ -163,6 +163,10 @@ def load_model(args: argparse.Namespace, mesh: Any) -> tuple:
     config, model, params, process = load_pretrained_run(args.pretrained)
     return config, model, params, process, "pretrained"
   config, restored = load_run(args.workdir, step=args.step, mesh=mesh)
+  try:
+    latents.resolve_config(config)  # a latent run's autoencoder must still be there
+  except ValueError as e:
+    raise CliError(str(e)) from None
   params = restored.state.ema_params if args.ema else restored.state.params
   return config, builders.build_model(config), params, None, restored.step
 
