@@ -5,7 +5,8 @@ Metrics (`--metrics`, comma-separated; see jaxdiff.job.evaluation):
   classifier_fd  Frechet distance in the features of a small classifier trained on the data
   fid            FID and Inception Score; needs --inception_weights (FID Inception .npz)
   reconstruction an autoencoder run's PSNR on --bpd_split (first --bpd_examples images) and
-                 the statistics of its latents
+                 the statistics of its latents; with classifier_fd, the classifier Frechet
+                 distance of those reconstructions and of the same real images (its floor)
   prompt_accuracy  share of samples asked for class k (label, or class name as caption)
                  that the classifier of classifier_fd assigns to k, at each --guidance_scale
 
@@ -113,10 +114,12 @@ def _load_samples(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
 def _check_run_kind(args: argparse.Namespace, config: Any) -> None:
   """An autoencoder run has only "reconstruction"; a latent run has no image bits/dim."""
   autoencoder = config.model.name == "autoencoder_kl"
-  if autoencoder != (args.metrics == ["reconstruction"]) and (
-      autoencoder or "reconstruction" in args.metrics):
-    raise cli.CliError(f"--metrics {','.join(args.metrics)}: an autoencoder run has only "
-                       "'reconstruction', which only an autoencoder run has")
+  if autoencoder and ("reconstruction" not in args.metrics
+                      or set(args.metrics) - {"reconstruction", "classifier_fd"}):
+    raise cli.CliError(f"--metrics {','.join(args.metrics)}: an autoencoder run has "
+                       "'reconstruction' (and 'classifier_fd' of its reconstructions) only")
+  if not autoencoder and "reconstruction" in args.metrics:
+    raise cli.CliError("--metrics reconstruction: only an autoencoder run has it")
   if "bpd" in args.metrics and builders.is_latent(config):
     raise cli.CliError("--metrics bpd: this run diffuses latents; their bits/dim are not the "
                        "images'")
@@ -166,9 +169,8 @@ def _sample_metrics(args: argparse.Namespace, run: tuple, rng: jax.Array,
                                        mesh=mesh, process=process)
   results: dict[str, Any] = {"num_samples": len(samples)}
   if "classifier_fd" in args.metrics:
-    reference = metrics.classifier_reference(config.data, cache_dir=cache_dir,
-                                             split=args.reference_split)
-    results["classifier_fd"] = metrics.classifier_frechet_distance(reference, samples)
+    results["classifier_fd"] = metrics.classifier_frechet_distance(
+        _classifier_reference(args, config), samples)
   if "fid" in args.metrics:
     try:
       reference = metrics.inception_reference(config.data, weights_path=args.inception_weights,
@@ -193,24 +195,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   results: dict[str, Any] = {"step": loaded[4], "ema": args.ema}
   if "bpd" in args.metrics:
     results.update(_bpd(args, loaded, rng, mesh))
-  if {"classifier_fd", "fid"} & set(args.metrics):
-    results.update(_sample_metrics(args, loaded, rng, mesh))
   if "reconstruction" in args.metrics:
+    reference = _classifier_reference(args, config) if "classifier_fd" in args.metrics else None
     results.update(metrics.reconstruction_metrics(
         config, loaded[1], loaded[2], rng, split=args.bpd_split,
-        max_examples=args.bpd_examples or 1000, batch_size=args.batch_size))
+        max_examples=args.bpd_examples or 1000, batch_size=args.batch_size,
+        reference=reference))
+  elif {"classifier_fd", "fid"} & set(args.metrics):
+    results.update(_sample_metrics(args, loaded, rng, mesh))
   if "prompt_accuracy" in args.metrics:
     results["prompt_accuracy"] = _prompt_accuracy(args, loaded, rng, mesh)
   return results
+
+
+def _classifier_reference(args: argparse.Namespace, config: Any) -> Any:
+  """The data's classifier and the feature statistics of --reference_split (cached)."""
+  return metrics.classifier_reference(
+      config.data, cache_dir=args.cache_dir or metrics.default_cache_dir(),
+      split=args.reference_split)
 
 
 def _prompt_accuracy(args: argparse.Namespace, run: tuple, rng: jax.Array,
                      mesh: Any) -> dict[str, float]:
   """prompt_accuracy at each --guidance_scale, from the same keys."""
   config, model, params = run[:3]
-  reference = metrics.classifier_reference(
-      config.data, cache_dir=args.cache_dir or metrics.default_cache_dir(),
-      split=args.reference_split)
+  reference = _classifier_reference(args, config)
   scales = args.guidance_scale or [config.sample.guidance_scale]
   try:
     return {str(scale): metrics.prompt_accuracy(

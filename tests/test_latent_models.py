@@ -7,6 +7,7 @@ that zero-initialized output layers do not make every dependence test trivially 
 
 import hashlib
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ import scipy.stats
 
 from jaxdiff import autoencoder as ae_lib
 from jaxdiff import testing
+from jaxdiff.config import builders, schema, validation
 from jaxdiff.data import captions
 from jaxdiff.models import UNet
 from jaxdiff.models.autoencoder import AutoencoderWithDiscriminator, downsampling_factor
@@ -24,6 +26,8 @@ from jaxdiff.models.discriminator import PatchDiscriminator
 from jaxdiff.models.spatial_transformer import Attention, SpatialTransformer
 from jaxdiff.models.text_encoder import TextConditioned, TextEncoder, null_tokens
 from jaxdiff.posterior import DiagonalGaussian
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _random_like(tree, seed=0):
@@ -96,6 +100,19 @@ def test_encode_decode_shapes_for_every_f(levels, f):
   z = jax.ShapeDtypeStruct(mean.shape, jnp.float32)
   assert jax.eval_shape(lambda p, z: ae.apply(p, z, method=ae.decode), params, z).shape == (
       2, 32, 24, 1)
+
+
+@pytest.mark.parametrize("name,latent_shape", [("fashion_autoencoder", (4, 4, 4)),
+                                               ("celeba64_autoencoder", (8, 8, 4))])
+def test_shipped_autoencoder_configs_are_valid_and_give_their_latent_shape(name, latent_shape):
+  config = schema.load_config_file(ROOT / "configs" / f"{name}.py")
+  validation.validate_config(config, num_devices=8)
+  ae = builders.build_autoencoder(config).autoencoder
+  x = jax.ShapeDtypeStruct((1, config.data.image_size, config.data.image_size,
+                            config.data.channels), jnp.float32)
+  params = jax.eval_shape(ae.init, jax.random.PRNGKey(0), x)
+  mean, _ = jax.eval_shape(lambda p, x: ae.apply(p, x, method=ae.encode), params, x)
+  assert mean.shape[1:] == latent_shape
 
 
 def test_autoencoder_model_rejects_sizes_not_divisible_by_f():

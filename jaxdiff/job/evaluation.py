@@ -209,10 +209,15 @@ def psnr(images_a: np.ndarray, images_b: np.ndarray) -> np.ndarray:
 
 def reconstruction_metrics(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
                            key: jax.Array, *, split: Optional[str] = "test",
-                           max_examples: int = 1000, batch_size: int = 256
-                           ) -> dict[str, Any]:
+                           max_examples: int = 1000, batch_size: int = 256,
+                           reference: Optional[ClassifierReference] = None) -> dict[str, Any]:
   """An autoencoder run's mean PSNR (dB, 8-bit reconstructions of the posterior mean) on the
-  first `max_examples` images of `split`, and the statistics of their unscaled latents."""
+  first `max_examples` images of `split`, and the statistics of their unscaled latents.
+
+  With a classifier `reference`, also the classifier Frechet distance of the reconstructions
+  ("reconstruction_classifier_fd", Rombach et al. 2022's rFID in the classifier's features)
+  and of the same real images ("data_classifier_fd", its floor at this sample size).
+  """
   data_images, _ = load_images(config.data, split=split, max_examples=max_examples)
   apply = jax.jit(model.apply)
   recon = np.concatenate([np.asarray(apply({"params": params}, data_images[i:i + batch_size]))
@@ -223,7 +228,11 @@ def reconstruction_metrics(config: ml_collections.ConfigDict, model: nn.Module, 
                               autoencoder=model.autoencoder,
                               sample_posterior=config.autoencoder.sample_posterior)
   stats = latents.latent_statistics(coder, data_images, key=key, batch_size=batch_size)
-  return {"psnr": float(values.mean()), "psnr_stderr": float(values.std() / np.sqrt(len(values))),
+  distances = {} if reference is None else {
+      "reconstruction_classifier_fd": classifier_frechet_distance(reference, recon),
+      "data_classifier_fd": classifier_frechet_distance(reference, data_images)}
+  return {**distances, "psnr": float(values.mean()),
+          "psnr_stderr": float(values.std() / np.sqrt(len(values))),
           "reconstruction_examples": len(values),
           **{f"latent_{name}": value for name, value in stats.items()}}
 
