@@ -27,7 +27,7 @@ from absl import logging as absl_logging
 
 from jaxdiff import images, parallel
 from jaxdiff.config import sampling
-from jaxdiff.job import cli, generation
+from jaxdiff.job import cli, generation, runtime
 
 SAMPLERS = sampling.SAMPLERS
 
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> tuple[str, str]:
 
 def main(argv: list[str]) -> int:
   """Entry point: runs `run`, printing a user error as one line on stderr (exit code 2)."""
+  runtime.setup()  # The persistent compilation cache ($JAXDIFF_COMPILATION_CACHE or "off").
   try:
     args = parse_args(argv)
     absl_logging.set_verbosity(absl_logging.WARNING)

@@ -21,10 +21,12 @@ import datetime
 import json
 import os
 import platform
+import select
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ import presets
 HERE = Path(__file__).resolve().parent
 JAX_PYTHON = HERE.parent / ".venv" / "bin" / "python"
 PEER_PYTHON = HERE / ".venv-peer" / "bin" / "python"
+PYTHONS = {"jaxdiff": JAX_PYTHON, "peer": PEER_PYTHON}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,35 +59,58 @@ class Group:
 class Worker:
   """A running worker process and its request / reply pipe."""
 
-  def __init__(self, contender: Contender, *, cpus: set[int] | None, log: Path):
+  def __init__(self, contender: Contender, *, cpus: set[int] | None, log: Path,
+               pythons: dict[str, Path] | None = None):
     self.contender = contender
-    python, script = ((JAX_PYTHON, "jax_worker.py") if contender.library == "jaxdiff"
-                      else (PEER_PYTHON, "torch_worker.py"))
+    self.building = False  # True once asked to build, before its reply was read.
+    python = (pythons or PYTHONS)[contender.library]
+    script = "jax_worker.py" if contender.library == "jaxdiff" else "torch_worker.py"
     self.log = open(log, "a")
+    env = dict(os.environ)
+    if contender.spec.get("pythonpath"):  # Another checkout's jaxdiff (--baseline).
+      env["PYTHONPATH"] = os.pathsep.join(
+          p for p in (contender.spec["pythonpath"], env.get("PYTHONPATH")) if p)
     self.process = subprocess.Popen(
-        [str(python), script, json.dumps(contender.spec)], cwd=HERE, text=True,
+        [str(python), script, json.dumps(contender.spec)], cwd=HERE, text=True, env=env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
 
-  def request(self, op: str, **kw: Any) -> dict[str, Any]:
-    """Sends one request and waits for its reply."""
-    assert self.process.stdin is not None and self.process.stdout is not None
+  def send(self, op: str, **kw: Any) -> None:
+    """Sends one request."""
+    assert self.process.stdin is not None
     self.process.stdin.write(json.dumps({"op": op, **kw}) + "\n")
     self.process.stdin.flush()
+
+  def receive(self, timeout: float | None = None) -> dict[str, Any]:
+    """Waits for the reply to the last request; after `timeout` seconds the worker is
+    killed and TimeoutError raised."""
+    assert self.process.stdout is not None
+    if timeout is not None and not select.select([self.process.stdout], [], [],
+                                                 max(timeout, 0.0))[0]:
+      self.process.kill()
+      raise TimeoutError(f"worker {self.contender.library} {self.contender.label} took "
+                         f"over its {timeout:.0f} s; killed")
     line = self.process.stdout.readline()
     if not line:
       raise RuntimeError(f"worker {self.contender.library} {self.contender.label} died; "
                          f"see {self.log.name}")
     return json.loads(line)
 
+  def request(self, op: str, timeout: float | None = None, **kw: Any) -> dict[str, Any]:
+    """Sends one request and waits for its reply (see `receive`)."""
+    self.send(op, **kw)
+    return self.receive(timeout)
+
   def close(self) -> None:
-    """Asks the worker to quit and waits for it."""
+    """Asks the worker to quit and waits for it; one still building is killed."""
     assert self.process.stdin is not None
+    if self.building:
+      self.process.kill()
     try:
       self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
       self.process.stdin.close()
-    except BrokenPipeError:  # The worker died already.
+    except (BrokenPipeError, ValueError):  # The worker died or was killed already.
       pass
     self.process.wait()
     self.log.close()
@@ -117,8 +143,23 @@ def train_group(preset: presets.Preset, batch: int, levers: list[Contender]) -> 
   return Group(f"train, batch {batch}", contenders + levers)
 
 
-def groups_for(preset: presets.Preset) -> list[Group]:
-  """Every group of the run, levers included."""
+def flag_variants(preset: presets.Preset, workload: str, variants: dict[str, str],
+                  baseline: Path | None, **kw: Any) -> list[Contender]:
+  """jaxdiff float32 with the XLA flags of each variant added to XLA_FLAGS, and the
+  baseline checkout's jaxdiff (same environment and worker) if given."""
+  steps = preset.train_steps_per_rep if workload == "train" else 1
+  contenders = [Contender("jaxdiff", f"f32 {label}",
+                          jax_spec(preset, workload, xla_flags=flags, **kw), steps)
+                for label, flags in variants.items()]
+  if baseline is not None:
+    contenders.append(Contender("jaxdiff", "f32 baseline", jax_spec(
+        preset, workload, pythonpath=str(baseline.resolve()), **kw), steps))
+  return contenders
+
+
+def groups_for(preset: presets.Preset, variants: dict[str, str],
+               baseline: Path | None = None) -> list[Group]:
+  """Every group of the run, levers and flag variants included."""
   small, large = preset.train_batches[0], preset.train_batches[-1]
   steps, micro = preset.train_steps_per_rep, preset.micro_steps
   train_levers = {
@@ -134,13 +175,16 @@ def groups_for(preset: presets.Preset) -> list[Group]:
   }
   sample_levers = {"ddpm": [Contender("jaxdiff", "f32 per-step jit loop",
                                       jax_spec(preset, "ddpm", loop=True))]}
-  groups = [train_group(preset, b, train_levers.get(b, [])) for b in preset.train_batches]
+  groups = [train_group(preset, b, train_levers.get(b, [])
+                        + flag_variants(preset, "train", variants, baseline, batch=b))
+            for b in preset.train_batches]
   for sampler, n in (("ddpm", preset.ddpm_steps), ("ddim", preset.ddim_steps)):
     groups.append(Group(f"{sampler} {n} steps, batch {preset.sample_batch}", [
         Contender("jaxdiff", "f32 scan", jax_spec(preset, sampler)),
         Contender("peer", "eager f32", peer_spec(preset, sampler)),
         Contender("peer", "compile f32", peer_spec(preset, sampler, compile=True)),
-    ] + sample_levers.get(sampler, [])))
+    ] + sample_levers.get(sampler, [])
+        + flag_variants(preset, sampler, variants, baseline)))
   return groups
 
 
@@ -152,48 +196,102 @@ def matmul_group(preset: presets.Preset) -> Group:
   ])
 
 
+def start_workers(group: Group, *, cpus: set[int] | None, log: Path,
+                  pythons: dict[str, Path] | None = None,
+                  concurrent: bool = False) -> list[Worker]:
+  """Starts a worker per contender. With `concurrent` each is asked to build its workload
+  at once (they build at the same time, so their startup times overlap); otherwise
+  `collect_builds` builds them one after another."""
+  workers = [Worker(c, cpus=cpus, log=log, pythons=pythons) for c in group.contenders]
+  for worker in workers if concurrent else []:
+    worker.send("setup")
+    worker.building = True
+  return workers
+
+
+def collect_builds(group: Group, workers: list[Worker], *, setup_end: float | None
+                   ) -> list[tuple[Worker, dict[str, Any]]]:
+  """The built workers of `start_workers` with their rows; one that fails to build or is
+  not built by `setup_end` (a time.monotonic()) is reported, not timed."""
+  print(f"== {group.title}", file=sys.stderr, flush=True)
+  built = []
+  for worker in workers:
+    timeout = None if setup_end is None else setup_end - time.monotonic()
+    if not worker.building:
+      worker.send("setup")
+      worker.building = True
+    try:
+      setup = worker.receive(timeout)
+    except (RuntimeError, TimeoutError) as e:
+      print(f"   {e}", file=sys.stderr, flush=True)
+      continue
+    finally:
+      worker.building = False
+    built.append((worker, {"contender": worker.contender, "setup": setup, "seconds": [],
+                           "cpu_seconds": []}))
+    print(f"   built {worker.contender.library} {worker.contender.label}: "
+          f"{setup['build_s'] + setup['first_call_s']:.1f} s", file=sys.stderr, flush=True)
+  return built
+
+
+def time_rounds(group: Group, workers: list[Worker],
+                built: list[tuple[Worker, dict[str, Any]]], *, rounds: int,
+                deadline: float | None = None) -> list[dict[str, Any]]:
+  """Times the built workers in up to `rounds` interleaved rounds, fewer when the
+  deadline (a time.monotonic()) comes first; a contender cut off keeps the rounds it
+  finished. Closes every worker."""
+  def left() -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+  try:
+    for r in range(rounds if built else 0):
+      if left() is not None and left() <= 0:
+        print(f"   deadline: {r} of {rounds} rounds", file=sys.stderr, flush=True)
+        break
+      for worker, row in built[r % len(built):] + built[:r % len(built)]:
+        if row.get("cut_off"):
+          continue
+        n = worker.contender.calls_per_rep
+        try:
+          reply = worker.request("run", timeout=left(), n=n)
+        except (RuntimeError, TimeoutError) as e:
+          print(f"   {e}", file=sys.stderr, flush=True)
+          row["cut_off"] = True
+          continue
+        row["seconds"].append(reply["seconds"] / n)
+        row["cpu_seconds"].append(reply["cpu_seconds"] / n)
+    for worker, row in built:
+      row["stats"] = {} if row.get("cut_off") else worker.request("stats")
+  finally:
+    for worker in workers:
+      worker.close()
+  rows = [row for _, row in built if row["seconds"]]
+  return rows + [{"contender": c, "failed": True} for c in group.contenders
+                 if all(c is not row["contender"] for row in rows)]
+
+
 def run_group(group: Group, *, rounds: int, cpus: set[int] | None,
               log: Path) -> list[dict[str, Any]]:
   """Builds every contender, then times them in `rounds` interleaved rounds."""
-  print(f"== {group.title}", file=sys.stderr, flush=True)
-  started = [Worker(c, cpus=cpus, log=log) for c in group.contenders]
-  workers, rows = [], []
-  try:
-    for worker in started:
-      try:
-        setup = worker.request("setup")
-      except RuntimeError as e:  # A contender that fails to build is reported, not timed.
-        print(f"   {e}", file=sys.stderr, flush=True)
-        continue
-      workers.append(worker)
-      rows.append({"contender": worker.contender, "setup": setup, "seconds": []})
-      print(f"   built {worker.contender.library} {worker.contender.label}: "
-            f"{setup['build_s'] + setup['first_call_s']:.1f} s", file=sys.stderr, flush=True)
-    for r in range(rounds):
-      order = list(zip(workers, rows))
-      order = order[r % len(order):] + order[:r % len(order)]
-      for worker, row in order:
-        n = worker.contender.calls_per_rep
-        row["seconds"].append(worker.request("run", n=n)["seconds"] / n)
-    for worker, row in zip(workers, rows):
-      row["stats"] = worker.request("stats")
-  finally:
-    for worker in started:
-      worker.close()
-  failed = [c for c in group.contenders if all(c is not row["contender"] for row in rows)]
-  return rows + [{"contender": c, "failed": True} for c in failed]
+  workers = start_workers(group, cpus=cpus, log=log)
+  return time_rounds(group, workers, collect_builds(group, workers, setup_end=None),
+                     rounds=rounds)
 
 
-def throughputs(row: dict[str, Any]) -> list[float]:
-  """Images per second in each round."""
-  return [row["setup"]["info"]["images_per_call"] / s for s in row["seconds"]]
+def throughputs(row: dict[str, Any], clock: str = "seconds") -> list[float]:
+  """Images per second in each round, by wall clock or ("cpu_seconds") process CPU time."""
+  return [row["setup"]["info"]["images_per_call"] / s for s in row[clock]]
 
 
 def ratios(a: dict[str, Any], b: dict[str, Any]) -> str:
   """a's throughput over b's: the median over rounds of the ratio within a round (side by
-  side), and in parentheses the ratio of the two best rounds."""
+  side), in parentheses the ratio of the two best rounds, and in brackets the median
+  ratio by CPU time."""
   median = statistics.median(x / y for x, y in zip(throughputs(a), throughputs(b)))
-  return f"{median:.2f}x ({max(throughputs(a)) / max(throughputs(b)):.2f}x)"
+  by_cpu = statistics.median(x / y for x, y in zip(throughputs(a, "cpu_seconds"),
+                                                   throughputs(b, "cpu_seconds")))
+  return (f"{median:.2f}x ({max(throughputs(a)) / max(throughputs(b)):.2f}x) "
+          f"[{by_cpu:.2f}x]")
 
 
 def peak_flops(matmul_rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -224,10 +322,12 @@ def format_group(group: Group, rows: list[dict[str, Any]],
     rate = statistics.median(throughputs(row))
     dt = dtype_of(c.label)
     versus = "-"
-    if c.library == "jaxdiff":
-      versus = " / ".join(ratios(row, peers[f"{mode} {dt}"])
-                          for mode in ("eager", "compile") if f"{mode} {dt}" in peers)
-    memory = f"{stats['peak_rss_mb']:.0f}"
+    modes = [mode for mode in ("eager", "compile") if f"{mode} {dt}" in peers]
+    if c.library == "jaxdiff" and modes:
+      versus = " / ".join(ratios(row, peers[f"{mode} {dt}"]) for mode in modes)
+      if len(modes) == 1:  # Name the one peer there is.
+        versus = f"{modes[0]}: {versus}"
+    memory = f"{stats['peak_rss_mb']:.0f}" if stats else "- (cut off)"
     if stats.get("device_peak_mb") is not None:
       memory = f"{stats['device_peak_mb']:.0f} dev"
     elif "xla_total_mb" in info:
@@ -239,26 +339,28 @@ def format_group(group: Group, rows: list[dict[str, Any]],
     spread = (best - min(throughputs(row))) / rate * 100
     lines.append(
         f"| {c.library} | {c.label} | {info['params']:,} | {startup:.1f} | "
-        f"{1000 * statistics.median(row['seconds']):.1f} | {rate:.1f} ({best:.1f}) | "
+        f"{1000 * statistics.median(row['seconds']):.1f} "
+        f"[{1000 * statistics.median(row['cpu_seconds']):.1f}] | {rate:.1f} ({best:.1f}) | "
         f"{spread:.0f}% | {versus} | {mfu:.1f}% | {memory} |")
   return lines
 
 
 TABLE_HEADER = [
-    "| library | variant | params | startup s | ms/call | img/s (best) | spread | "
+    "| library | variant | params | startup s | ms/call [CPU] | img/s (best) | spread | "
     "jaxdiff/peer eager / compile | MFU | peak RSS MiB |",
     "|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
-def versions() -> str:
+def versions(pythons: dict[str, Path] | None = None) -> str:
   """Library versions of both environments."""
+  pythons = pythons or PYTHONS
   jax_v = subprocess.run(
-      [str(JAX_PYTHON), "-c", "import jax, flax, optax; print('jax', jax.__version__, "
+      [str(pythons["jaxdiff"]), "-c", "import jax, flax, optax; print('jax', jax.__version__, "
        "'flax', flax.__version__, 'optax', optax.__version__)"],
       capture_output=True, text=True, check=True).stdout.strip()
   peer_v = subprocess.run(
-      [str(PEER_PYTHON), "-c", "import torch, diffusers; print('torch', torch.__version__, "
+      [str(pythons["peer"]), "-c", "import torch, diffusers; print('torch', torch.__version__, "
        "'diffusers', diffusers.__version__)"],
       capture_output=True, text=True, check=True).stdout.strip()
   return f"{jax_v}; peer: {peer_v}"
@@ -277,14 +379,39 @@ def load_average() -> str:
   return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+  """The command line of bench.py."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--preset", choices=sorted(presets.PRESETS), default="cpu")
   parser.add_argument("--rounds", type=int, help="timed rounds (default: the preset's)")
   parser.add_argument("--cpus", help="pin every worker to these CPUs, e.g. '0' or '0,1'")
   parser.add_argument("--only", help="group title prefixes to run, separated by ';'")
+  parser.add_argument("--skip", help="leave out contenders whose variant label contains one "
+                                     "of these ';'-separated strings, e.g. 'scan;bf16'")
+  parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
+                      help="also time jaxdiff float32 with these XLA_FLAGS (repeatable)")
+  parser.add_argument("--baseline", type=Path,
+                      help="a checkout of another jaxdiff version: also time its float32 "
+                           "('f32 baseline'), with this worker and environment")
   parser.add_argument("--record", action="store_true", help="append to RESULTS.md")
-  args = parser.parse_args()
+  return parser.parse_args()
+
+
+def selected_groups(preset: presets.Preset, args: argparse.Namespace) -> list:
+  """The preset's groups, with --variant contenders added and --only / --skip applied."""
+  variants = dict(v.split("=", 1) for v in args.variant)
+  groups = groups_for(preset, variants, args.baseline)
+  if args.only:
+    groups = [g for g in groups if g.title.startswith(tuple(args.only.split(";")))]
+  if args.skip:
+    skipped = tuple(args.skip.split(";"))
+    groups = [dataclasses.replace(g, contenders=[
+        c for c in g.contenders if not any(k in c.label for k in skipped)]) for g in groups]
+  return groups
+
+
+def main() -> None:
+  args = parse_args()
   preset = presets.PRESETS[args.preset]
   cpus = {int(c) for c in args.cpus.split(",")} if args.cpus else None
   rounds = args.rounds or preset.rounds
@@ -295,9 +422,7 @@ def main() -> None:
 
   matmul = matmul_group(preset)
   peaks = peak_flops(run_group(matmul, rounds=rounds, cpus=cpus, log=log))
-  groups = groups_for(preset)
-  if args.only:
-    groups = [g for g in groups if g.title.startswith(tuple(args.only.split(";")))]
+  groups = selected_groups(preset, args)
   lines, raw = list(TABLE_HEADER), {}
   for group in groups:
     raw[group.title] = run_group(group, rounds=rounds, cpus=cpus, log=log)

@@ -9,6 +9,7 @@ Run with /work/main/.venv's python. Workloads (spec["workload"]):
 """
 
 import functools
+import os
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ import presets
 import worker_protocol
 from jaxdiff import denoisers, samplers, schedules
 from jaxdiff.config import objectives, schema
+from jaxdiff.job import runtime
 from jaxdiff.job import step as step_lib
 from jaxdiff.models import UNet
 from jaxdiff.samplers import ancestral
@@ -195,9 +197,22 @@ WORKLOADS = {"train": TrainWorkload, "ddpm": SampleWorkload, "ddim": SampleWorkl
              "matmul": MatmulWorkload}
 
 
+def configure(spec: dict[str, Any]) -> None:
+  """The entry points' runtime settings (jaxdiff.job.runtime), before jax initializes.
+
+  spec["xla_flags"] (a flag variant of bench.py) is added to XLA_FLAGS;
+  spec["compilation_cache"] is the persistent cache's directory or "off".
+  """
+  if spec.get("xla_flags"):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {spec['xla_flags']}".strip()
+  runtime.setup(compilation_cache=spec.get("compilation_cache"))
+
+
 def build(spec: dict[str, Any]) -> worker_protocol.Workload:
   """The workload that `spec` names, at its preset's size."""
-  info = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__}
+  configure(spec)
+  info = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
   workload = WORKLOADS[spec["workload"]](presets.PRESETS[spec["preset"]], spec)
   workload.info.update(info)
   return workload

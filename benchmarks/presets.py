@@ -54,6 +54,11 @@ SMALL = ModelSize(
     num_res_blocks=1, attention_level=1, dropout=0.1,
 )
 
+TINY = ModelSize(
+    image_size=8, channels=3, base_channels=16, channel_mult=(1, 2),
+    num_res_blocks=1, attention_level=1, dropout=0.1, num_groups=8,
+)
+
 PRESETS: dict[str, Preset] = {
     # The GPU configuration: DDPM CIFAR-10, batches 128 and 512, full chains.
     "full": Preset(
@@ -66,5 +71,12 @@ PRESETS: dict[str, Preset] = {
         name="cpu", model=SMALL, train_batches=(32, 128), train_steps_per_rep=4,
         sample_batch=32, num_timesteps=1000, ddpm_steps=50, ddim_steps=10, rounds=5,
         micro_steps=4, matmul_size=2048,
+    ),
+    # The GPU check's dry run (benchmarks/gpu_check.sh --smoke): every code path, on a CPU,
+    # in minutes.
+    "smoke": Preset(
+        name="smoke", model=TINY, train_batches=(4, 8), train_steps_per_rep=2,
+        sample_batch=4, num_timesteps=1000, ddpm_steps=4, ddim_steps=2, rounds=2,
+        micro_steps=2, matmul_size=256,
     ),
 }

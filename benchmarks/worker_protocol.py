@@ -6,7 +6,7 @@ benchmarks/.venv-peer, and the peak RSS of a process is the peak of that one wor
 The driver sends one JSON request per line on stdin and reads one JSON reply per line:
 
   {"op": "setup"}          build the workload and run its first call (compilation)
-  {"op": "run", "n": N}    run N more calls, timed together
+  {"op": "run", "n": N}    run N more calls, timed together (wall and process CPU seconds)
   {"op": "stats"}          peak and baseline resident memory
   {"op": "quit"}
 
@@ -48,12 +48,14 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(fn: Callable[[], None], n: int) -> float:
-  """Wall seconds of `n` back-to-back calls of `fn`."""
-  start = time.perf_counter()
+def timed(fn: Callable[[], None], n: int) -> tuple[float, float]:
+  """Wall seconds and this process's CPU seconds (all its threads) of `n` back-to-back
+  calls of `fn`. On a CPU shared with other work, a single-threaded worker's CPU seconds
+  are its compute alone, without the time it waited for the core."""
+  start, start_cpu = time.perf_counter(), time.process_time()
   for _ in range(n):
     fn()
-  return time.perf_counter() - start
+  return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def serve(build: Callable[[dict[str, Any]], Workload]) -> None:
@@ -74,12 +76,13 @@ def serve(build: Callable[[dict[str, Any]], Workload]) -> None:
       start = time.perf_counter()
       workload = build(spec)
       build_s = time.perf_counter() - start
-      reply = {"build_s": build_s, "first_call_s": timed(workload.call, 1),
+      reply = {"build_s": build_s, "first_call_s": timed(workload.call, 1)[0],
                "info": workload.info}
     elif op == "run":
       if workload is None:
         raise RuntimeError("'run' before 'setup'")
-      reply = {"seconds": timed(workload.call, request["n"])}
+      seconds, cpu_seconds = timed(workload.call, request["n"])
+      reply = {"seconds": seconds, "cpu_seconds": cpu_seconds}
     elif op == "stats":
       reply = {"peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss,
                "device_peak_mb": workload.device_peak_mb() if workload else None}

@@ -13,7 +13,8 @@ Metrics (`--metrics`, comma-separated; see jaxdiff.job.evaluation):
 Samples come from the workdir's newest (or --step) checkpoint, EMA parameters unless
 --no-ema, with config.sample's sampler (--sampler/--num_steps/--eta override it), or from
 an .npz of uint8 images written by sample.py (--samples). Results are printed as JSON and
-written to WORKDIR/eval_<step>.json (or --out).
+then written to WORKDIR/eval_<step>.json (or --out); where they and the cache go is checked
+to be writable before anything is computed.
 
 Example:
     python -m jaxdiff.evaluate --workdir runs/digits --metrics bpd,classifier_fd \\
@@ -35,7 +36,7 @@ from absl import logging as absl_logging
 
 from jaxdiff import images, parallel
 from jaxdiff.config import builders, sampling
-from jaxdiff.job import cli
+from jaxdiff.job import cli, runtime
 from jaxdiff.job import evaluation as metrics
 
 
@@ -73,6 +74,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--cache_dir", default=None, help="default: $JAXDIFF_CACHE or "
                                                    "~/.cache/jaxdiff")
   p.add_argument("--out", default=None, help="JSON output (default: WORKDIR/eval_<step>.json)")
+  p.add_argument("--compilation_cache", default=None,
+                 help="persistent compilation cache directory, or 'off' (default: "
+                      "$JAXDIFF_COMPILATION_CACHE, else ~/.cache/jaxdiff/xla/<host>)")
   args = p.parse_args(argv)
   if (args.workdir is None) == (args.pretrained is None):
     raise cli.CliError("give exactly one of --workdir (a training run) and --pretrained")
@@ -181,8 +185,19 @@ def _sample_metrics(args: argparse.Namespace, run: tuple, rng: jax.Array,
   return results
 
 
+def _check_destinations(args: argparse.Namespace) -> None:
+  """Raises CliError before any compute when the results or the cache cannot be written."""
+  if args.out is not None:
+    cli.check_output_file(args.out, flag="--out")
+  else:
+    cli.check_writable_dir(args.workdir or ".", flag="--workdir (where eval_<step>.json goes)")
+  if {"classifier_fd", "fid"} & set(args.metrics):
+    cli.check_writable_dir(args.cache_dir or metrics.default_cache_dir(), flag="--cache_dir")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """Computes the requested metrics; returns them (with step and settings) as a dict."""
+  _check_destinations(args)
   mesh = parallel.make_mesh()
   loaded = cli.load_model(args, mesh)
   config = loaded[0]
@@ -235,15 +250,21 @@ def main(argv: Optional[list[str]] = None) -> int:
   try:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     absl_logging.set_verbosity(absl_logging.WARNING)
+    runtime.setup(compilation_cache=args.compilation_cache)
     results = run(args)
   except cli.CliError as e:
     print(f"jaxdiff.evaluate: error: {e}", file=sys.stderr)
     return 2
   if jax.process_index() == 0:
+    print(json.dumps(results), flush=True)  # First: a failed write loses no result.
     out = args.out or os.path.join(args.workdir or ".", f"eval_{results['step']}.json")
-    with open(out, "w") as f:
-      json.dump(results, f, indent=2)
-    print(json.dumps(results))
+    try:
+      with open(out, "w") as f:
+        json.dump(results, f, indent=2)
+    except OSError as e:
+      print(f"jaxdiff.evaluate: error: cannot write {out} ({e.strerror or e}); the results "
+            "are printed above", file=sys.stderr)
+      return 1
   return 0
 
 

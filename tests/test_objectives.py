@@ -130,7 +130,7 @@ def test_config_validation_of_objectives_and_eval():
       (dict(diffusion=dict(objective="sde_dsm", sde="ve")), r"config.diffusion.sde='ve'"),
       (dict(diffusion=dict(sigma_min=5.0, sigma_max=1.0)), r"expected 0 < sigma_min < sigma_max"),
       (dict(diffusion=dict(objective="sde_dsm"), sample=dict(sampler="pc", num_steps=10)),
-       r"config.sample.sampler='pc': pc with num_steps=10 on a VP SDE"),
+       r"config.sample.sampler='pc' with config.sample.num_steps=10: pc with num_steps=10 on a VP SDE"),
       (dict(eval=dict(metrics=("fdi",))), r"config.eval.metrics=\('fdi',\)"),
       (dict(eval=dict(every=-1)), r"config.eval.every=-1"),
       (dict(eval=dict(metrics=("bpd",)), diffusion=dict(objective="sde_dsm"),

@@ -136,6 +136,46 @@ def test_train_step_non_finite_loss_keeps_state(setup):
   assert _tree_equal(new_state, state)
 
 
+def test_train_step_non_finite_update_keeps_state(setup):
+  """A finite loss and gradient whose update is not finite (a NaN learning rate) is caught
+  in the updated parameters, EMA and optimizer state, and leaves the state as it was."""
+  state, _ = setup
+  nan_rate = state.replace(tx=step_lib.make_optimizer(learning_rate=float("nan"),
+                                                      warmup_steps=0, grad_clip=1.0))
+  step = jax.jit(functools.partial(
+      step_lib.train_step, loss_fn=objectives.make_loss_fn(schema.base_config().diffusion),
+      ema_decay=0.9))
+  new_state, metrics = step(nan_rate, _batch(), jax.random.PRNGKey(7))
+  assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+  assert not bool(metrics["finite"])
+  assert _tree_equal(new_state, nan_rate)
+
+
+def test_accumulating_step_sums_metrics_and_freezes_after_a_bad_step(setup):
+  state, _ = setup
+  step = jax.jit(functools.partial(
+      step_lib.accumulating_train_step,
+      loss_fn=objectives.make_loss_fn(schema.base_config().diffusion), ema_decay=0.9))
+  plain = jax.jit(functools.partial(
+      step_lib.train_step, loss_fn=objectives.make_loss_fn(schema.base_config().diffusion),
+      ema_decay=0.9))
+  rng, sums, expected = jax.random.PRNGKey(7), step_lib.MetricSums.zeros(), state
+  losses = []
+  for seed in range(2):
+    state, sums = step(state, sums, _batch(seed=seed), rng)
+    expected, metrics = plain(expected, _batch(seed=seed), rng)
+    losses.append(float(metrics["loss"]))
+  assert _tree_equal(state, expected) and int(sums.count) == 2
+  np.testing.assert_allclose(float(sums.loss), sum(losses), rtol=1e-6)
+  assert int(sums.first_non_finite) == -1
+  bad = _batch(seed=2)
+  bad["image"] = bad["image"].at[0, 0, 0, 0].set(jnp.nan)
+  frozen, sums = step(state, sums, bad, rng)  # Step 2 is not finite ...
+  frozen, sums = step(frozen, sums, _batch(seed=3), rng)  # ... and step 3 changes nothing.
+  assert int(sums.first_non_finite) == 2 and int(sums.count) == 2
+  assert np.isnan(float(sums.bad_loss)) and _tree_equal(frozen, state)
+
+
 def test_class_conditional_step_uses_labels():
   model = UNet(**TINY_UNET, num_classes=3)
   tx = step_lib.make_optimizer(learning_rate=1e-3, warmup_steps=0, grad_clip=1.0)
@@ -186,6 +226,32 @@ def test_validate_config_errors_name_the_field():
   bad.diffusion.schedule = "cosine_typo"
   with pytest.raises(ValueError, match="config.diffusion.schedule='cosine_typo'"):
     validation.validate_config(bad, num_devices=1)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("learning_rate", 0.0), ("learning_rate", -1e-3), ("learning_rate", float("nan")),
+    ("learning_rate", float("inf")), ("eps", 0.0), ("b2", 1.0), ("grad_clip", -1.0)])
+def test_validate_config_rejects_optimizers_that_cannot_stay_finite(field, value):
+  config = schema.base_config()
+  config.train[field] = value
+  with pytest.raises(validation.ConfigError, match=f"config.train.{field}={value}"):
+    validation.validate_config(config, num_devices=1)
+
+
+def test_check_resume_names_unsafe_changes_and_allows_safe_ones():
+  saved = schema.base_config()
+  new = schema.base_config()
+  new.train.update(num_steps=10**6, log_every=7)
+  new.eval.update(every=100, metrics=("bpd",))
+  assert set(validation.check_resume(saved, new, allow_changes=False)) == {
+      "train.num_steps", "train.log_every", "eval.every", "eval.metrics"}
+  new.model.channel_mult = (1, 2)
+  new.diffusion.prediction = "v"
+  with pytest.raises(validation.ConfigError) as error:
+    validation.check_resume(saved, new, allow_changes=False)
+  assert ("(config.diffusion.prediction: 'eps' -> 'v', config.model.channel_mult: "
+          "[1, 2, 2, 2] -> [1, 2])") in str(error.value)
+  assert "model.channel_mult" in validation.check_resume(saved, new, allow_changes=True)
 
 
 def test_config_json_round_trip():

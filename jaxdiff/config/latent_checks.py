@@ -7,6 +7,7 @@ import ml_collections
 
 from jaxdiff.autoencoder import RECONSTRUCTION_LOSSES
 from jaxdiff.config import builders
+from jaxdiff.config.errors import ConfigError
 from jaxdiff.data.captions import CAPTION_SETS
 
 CONDITIONERS = ("text",)
@@ -14,7 +15,7 @@ CONDITIONERS = ("text",)
 
 def _require(ok: bool, message: str) -> None:
   if not ok:
-    raise ValueError(message)
+    raise ConfigError(message)
 
 
 def validate_autoencoder_run(config: ml_collections.ConfigDict) -> None:
@@ -100,4 +101,4 @@ def validate_conditioner(config: ml_collections.ConfigDict) -> None:
   try:
     builders.caption_set(config).table(max_length=section.max_length)
   except ValueError as e:
-    raise ValueError(f"config.conditioner.max_length={section.max_length}: {e}") from None
+    raise ConfigError(f"config.conditioner.max_length={section.max_length}: {e}") from None

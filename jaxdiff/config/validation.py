@@ -1,16 +1,23 @@
 """Validation of a training config: every value that can be checked before compiling.
 
 `validate_config` checks field names against the schema (`jaxdiff.config.schema`), choice
-fields against the tables that define them, positive sizes, divisibility by the device
-count, and the consistency of the objective, the model and the sampler.
+fields against the tables that define them, positive sizes and learning rates,
+divisibility by the device count, the consistency of the objective, the model and the
+sampler, and that the files evaluation needs exist. `check_resume` compares a run's saved
+config with the one it is resumed with (`RESUME_SAFE_FIELDS` may change).
+Every error is a `ConfigError` (a ValueError) of one line naming the field.
 """
 
+import json
+import math
+import os
 from typing import Any
 
 import ml_collections
 
 from jaxdiff import diffusion, losses, schedules
 from jaxdiff.config import latent_checks, objectives, sampling
+from jaxdiff.config.errors import ConfigError
 from jaxdiff.config.schema import MODEL_NAMES, base_config, model_config
 from jaxdiff.evaluation import METRICS
 
@@ -36,18 +43,30 @@ _POSITIVE_INTS = (
 )
 _INCREASING = (("diffusion", "beta_min", "beta_max"), ("diffusion", "sigma_min", "sigma_max"))
 
+# Fields that may differ from the saved config when a run resumes: they change neither
+# what the checkpoint holds nor what the next steps compute, only when the run stops,
+# what it logs, saves, samples and evaluates, where the data lives, and memory layout.
+# A "section.*" entry covers the whole section. train.num_steps must stay >= the step
+# resumed from (the trainer checks that).
+RESUME_SAFE_FIELDS = (
+    "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.async_checkpointing", "train.sample_every", "train.shard_params",
+    "train.shard_min_size", "data.prefetch", "data.data_dir", "data.download",
+    "model.remat", "sample.*", "eval.*",
+)
+
 
 def _check_keys(config: Any, schema: Any, path: str) -> None:
   if not isinstance(config, (dict, ml_collections.ConfigDict)):
-    raise ValueError(f"config{path} must be a section (ConfigDict), got {config!r}.")
+    raise ConfigError(f"config{path} must be a section (ConfigDict), got {config!r}.")
   unknown = sorted(set(config.keys()) - set(schema.keys()))
   if unknown:
-    raise ValueError(
+    raise ConfigError(
         f"Unknown config field(s) {', '.join(f'config{path}.{k}' for k in unknown)}; "
         f"expected fields of config{path or ' (root)'}: {', '.join(sorted(schema.keys()))}.")
   missing = sorted(set(schema.keys()) - set(config.keys()))
   if missing:
-    raise ValueError(f"Missing config field(s): {', '.join(f'config{path}.{k}' for k in missing)}.")
+    raise ConfigError(f"Missing config field(s): {', '.join(f'config{path}.{k}' for k in missing)}.")
   for key, value in schema.items():
     if isinstance(value, ml_collections.ConfigDict):
       _check_keys(config[key], value, f"{path}.{key}")
@@ -57,19 +76,19 @@ def _check_model_name(config: ml_collections.ConfigDict) -> None:
   """config.model.name is a known model and the section holds that model's fields."""
   name = config.model.get("name") if "model" in config else None
   if name not in MODEL_NAMES:
-    raise ValueError(f"config.model.name={name!r} is not one of {MODEL_NAMES}.")
+    raise ConfigError(f"config.model.name={name!r} is not one of {MODEL_NAMES}.")
   expected = set(model_config(name).keys())
   if set(config.model.keys()) != expected:
     other = [n for n in MODEL_NAMES if set(model_config(n).keys()) == set(config.model.keys())]
     hint = (f"; it holds the fields of {other[0]!r}: start from "
             f"jaxdiff.config.schema.base_config(model={name!r}) instead of setting the name"
             if other else "")
-    raise ValueError(f"config.model.name={name!r} expects the fields "
+    raise ConfigError(f"config.model.name={name!r} expects the fields "
                      f"{', '.join(sorted(expected))}{hint}.")
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
-  """Raises ValueError naming the bad field when `config` cannot be trained as given.
+  """Raises ConfigError naming the bad field when `config` cannot be trained as given.
 
   Checks field names against `base_config()`, choice fields, positive sizes, the global
   batch and sample count being divisible by `num_devices`, and the consistency of learned
@@ -82,21 +101,22 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
       continue
     value = config[section][field]
     if value not in choices:
-      raise ValueError(f"config.{section}.{field}={value!r} is not one of {choices}.")
+      raise ConfigError(f"config.{section}.{field}={value!r} is not one of {choices}.")
   for section, field in _POSITIVE_INTS:
     value = config[section][field]
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      raise ValueError(f"config.{section}.{field}={value!r}; expected a positive integer.")
+      raise ConfigError(f"config.{section}.{field}={value!r}; expected a positive integer.")
   for section, field in (("train", "batch_size"), ("sample", "num_samples")):
     value = config[section][field]
     if value % num_devices:
-      raise ValueError(
+      raise ConfigError(
           f"config.{section}.{field}={value} is not divisible by the {num_devices} devices; "
           f"use a multiple of {num_devices}.")
   if not 0.0 <= config.train.ema_decay < 1.0:
-    raise ValueError(f"config.train.ema_decay={config.train.ema_decay}; expected [0, 1).")
+    raise ConfigError(f"config.train.ema_decay={config.train.ema_decay}; expected [0, 1).")
   if config.data.source == "idx" and not config.data.idx_dir:
-    raise ValueError("config.data.source='idx' needs config.data.idx_dir, the IDX folder.")
+    raise ConfigError("config.data.source='idx' needs config.data.idx_dir, the IDX folder.")
+  _validate_optimizer(config.train)
   if config.model.name == "autoencoder_kl":
     latent_checks.validate_autoencoder_run(config)
     return
@@ -104,22 +124,39 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   latent_checks.validate_conditioner(config)
   learned = config.diffusion.variance in _LEARNED_VARIANCES
   if learned != bool(config.model.learn_sigma):
-    raise ValueError(
+    raise ConfigError(
         f"config.diffusion.variance={config.diffusion.variance!r} needs "
         f"config.model.learn_sigma={learned}, got {config.model.learn_sigma}.")
   if config.diffusion.loss_type == "hybrid" and not learned:
-    raise ValueError(
+    raise ConfigError(
         "config.diffusion.loss_type='hybrid' trains the variance; it needs "
         f"config.diffusion.variance in {_LEARNED_VARIANCES}.")
   if not 0.0 <= config.train.label_dropout < 1.0:
-    raise ValueError(f"config.train.label_dropout={config.train.label_dropout}; expected [0, 1).")
-  conditional = config.model.num_classes is not None or config.conditioner.name is not None
+    raise ConfigError(f"config.train.label_dropout={config.train.label_dropout}; expected [0, 1).")
+  conditional = config.model.get("num_classes") is not None or config.conditioner.name is not None
   if config.train.label_dropout > 0 and not conditional:
-    raise ValueError(
+    raise ConfigError(
         f"config.train.label_dropout={config.train.label_dropout} needs a conditional "
         "model: set config.model.num_classes or config.conditioner.name.")
   _validate_objective(config)
   _validate_eval(config.eval, objective=config.diffusion.objective)
+
+
+def _validate_optimizer(train_config: ml_collections.ConfigDict) -> None:
+  """A finite positive learning rate and Adam constants that keep its update finite."""
+  for field in ("learning_rate", "eps"):
+    value = train_config[field]
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+      raise ConfigError(f"config.train.{field}={value!r}; expected a finite number > 0.")
+  for field in ("b1", "b2"):
+    if not 0.0 <= train_config[field] < 1.0:
+      raise ConfigError(f"config.train.{field}={train_config[field]!r}; expected [0, 1).")
+  for field in ("grad_clip", "weight_decay"):
+    value = train_config[field]
+    if not math.isfinite(value) or value < 0:
+      raise ConfigError(f"config.train.{field}={value!r}; expected a finite number >= 0.")
+  if train_config.warmup_steps < 0:
+    raise ConfigError(f"config.train.warmup_steps={train_config.warmup_steps}; expected >= 0.")
 
 
 def _validate_objective(config: ml_collections.ConfigDict) -> None:
@@ -127,30 +164,82 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
   for section, low, high in _INCREASING:
     low_value, high_value = config[section][low], config[section][high]
     if not 0 < low_value < high_value:
-      raise ValueError(f"config.{section}.{low}={low_value}, config.{section}.{high}="
+      raise ConfigError(f"config.{section}.{low}={low_value}, config.{section}.{high}="
                        f"{high_value}; expected 0 < {low} < {high}.")
   if not 0.0 < config.diffusion.sde_eps < 1.0:
-    raise ValueError(f"config.diffusion.sde_eps={config.diffusion.sde_eps}; expected (0, 1).")
+    raise ConfigError(f"config.diffusion.sde_eps={config.diffusion.sde_eps}; expected (0, 1).")
+  num_steps = config.sample.num_steps
   try:
-    sampling.check_fits(config.sample.sampler, config, num_steps=config.sample.num_steps)
+    sampling.check_fits(config.sample.sampler, config, num_steps=num_steps)
   except ValueError as e:
-    raise ValueError(f"config.sample.sampler={config.sample.sampler!r}: {e}.") from None
+    steps = "" if num_steps is None else f" with config.sample.num_steps={num_steps}"
+    raise ConfigError(f"config.sample.sampler={config.sample.sampler!r}{steps}: {e}.") from None
 
 
 def _validate_eval(eval_config: ml_collections.ConfigDict, *, objective: str) -> None:
   """config.eval: a non-negative period and known metrics that this objective supports."""
   every = eval_config.every
   if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-    raise ValueError(f"config.eval.every={every!r}; expected an integer >= 0 (0 = off).")
+    raise ConfigError(f"config.eval.every={every!r}; expected an integer >= 0 (0 = off).")
   unknown = sorted(set(eval_config.metrics) - set(METRICS))
   if unknown or not eval_config.metrics:
-    raise ValueError(f"config.eval.metrics={tuple(eval_config.metrics)!r}; expected a "
+    raise ConfigError(f"config.eval.metrics={tuple(eval_config.metrics)!r}; expected a "
                      f"non-empty subset of {METRICS}.")
   if "bpd" in eval_config.metrics and objective != "ddpm":
-    raise ValueError(f"config.eval.metrics has 'bpd', the discrete variational bound; it "
+    raise ConfigError(f"config.eval.metrics has 'bpd', the discrete variational bound; it "
                      f"needs config.diffusion.objective='ddpm', not {objective!r}.")
   if "fid" in eval_config.metrics and not eval_config.inception_weights:
-    raise ValueError("config.eval.metrics has 'fid'; it needs config.eval.inception_weights, "
+    raise ConfigError("config.eval.metrics has 'fid'; it needs config.eval.inception_weights, "
                      "the FID Inception .npz.")
+  weights = eval_config.inception_weights
+  if every and "fid" in eval_config.metrics and not os.path.isfile(weights):
+    raise ConfigError(f"config.eval.inception_weights={weights!r}: no such file.")
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{"section.field": value} of a config, tuples as lists (as config.json stores them)."""
+  flat = {}
+
+  def visit(node: dict[str, Any], prefix: str) -> None:
+    for key, value in node.items():
+      if isinstance(value, dict):
+        visit(value, f"{prefix}{key}.")
+      else:
+        flat[prefix + key] = value
+
+  visit(json.loads(config.to_json()), "")
+  return flat
+
+
+def config_changes(saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict
+                   ) -> dict[str, tuple[Any, Any]]:
+  """{"section.field": (saved value, new value)} of every field that differs."""
+  old_flat, new_flat = _flat(saved), _flat(new)
+  return {name: (old_flat.get(name), new_flat.get(name))
+          for name in sorted(set(old_flat) | set(new_flat))
+          if old_flat.get(name) != new_flat.get(name)}
+
+
+def _resume_safe(name: str) -> bool:
+  return name in RESUME_SAFE_FIELDS or f"{name.split('.')[0]}.*" in RESUME_SAFE_FIELDS
+
+
+def check_resume(saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict, *,
+                 allow_changes: bool) -> dict[str, tuple[Any, Any]]:
+  """The changes between a run's saved config and the one it resumes with.
+
+  Raises ConfigError naming the changed fields that are not `RESUME_SAFE_FIELDS`, unless
+  `allow_changes` (the user's explicit override). Returns every change.
+  """
+  changes = config_changes(saved, new)
+  unsafe = {name: values for name, values in changes.items() if not _resume_safe(name)}
+  if unsafe and not allow_changes:
+    listed = ", ".join(f"config.{name}: {old!r} -> {value!r}"
+                       for name, (old, value) in unsafe.items())
+    raise ConfigError(
+        f"The config differs from the one this workdir was trained with ({listed}); "
+        "resuming would change what the checkpoint means. Use another --workdir, or pass "
+        "--allow_config_change to resume anyway.")
+  return changes
 
 

@@ -1,17 +1,23 @@
 """Random-access image sources: a TFDS dataset by name, or in-memory arrays (IDX files).
 
-A source has `len(source)` and `source.read(indices) -> (images, labels)`: a list of uint8
+A source has `len(source)`, `source.num_classes` (the number of label values, None when
+the dataset has no labels) and `source.read(indices) -> (images, labels)`: a list of uint8
 [H, W, C] arrays and int32 labels [n] (or None when the dataset has no labels). Random
 access lets every process read only the examples of its own rows of the global batch.
 """
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from jaxdiff.data import digits_builder  # pylint: disable=unused-import (registers it)
 from jaxdiff.data import idx
@@ -19,6 +25,10 @@ from jaxdiff.data import idx
 
 class ImageSource(Protocol):
   """What the input pipeline reads from."""
+
+  @property
+  def num_classes(self) -> int | None:
+    ...
 
   def __len__(self) -> int:
     ...
@@ -43,6 +53,10 @@ class ArraySource:
       raise ValueError(
           f"ArraySource labels shape {self.labels.shape} != ({len(self.images)},).")
 
+  @property
+  def num_classes(self) -> int | None:
+    return None if self.labels is None or not len(self.labels) else int(self.labels.max()) + 1
+
   def __len__(self) -> int:
     return len(self.images)
 
@@ -59,6 +73,7 @@ class TfdsSource:
   data_source: Any
   image_key: str = "image"
   label_key: str | None = "label"
+  num_classes: int | None = None
 
   def __len__(self) -> int:
     return len(self.data_source)
@@ -72,20 +87,55 @@ class TfdsSource:
     return images, labels
 
 
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+  """Holds an exclusive flock on `path` (waiting for it); a no-op on object stores."""
+  if "://" in path:
+    yield
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare(builder: Any) -> None:
+  """`download_and_prepare` by one process at a time: process 0 first while the others of
+  a multi-process job wait, then the others (a no-op on a shared data_dir), each under a
+  file lock beside the dataset, which also serialises separate jobs on one data_dir."""
+  lock = os.path.join(os.path.dirname(os.fspath(builder.data_dir)), ".prepare.lock")
+
+  def prepare() -> None:
+    with _file_lock(lock):
+      builder.download_and_prepare(file_format="array_record")
+
+  if jax.process_index() == 0:
+    prepare()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"jaxdiff_tfds_prepare_{builder.name}")
+    if jax.process_index() != 0:
+      prepare()
+
+
 def tfds_source(name: str, *, split: str, data_dir: str | None = None,
                 download: bool = True) -> TfdsSource:
   """Opens TFDS dataset `name` as an array_record data source (no TensorFlow needed).
 
   Prepares it into `data_dir` first when `download` and it is not prepared yet (for
-  `sklearn_digits`, registered by importing jaxdiff.data, this is offline). Other datasets
-  need their TFDS download to work.
+  `sklearn_digits`, registered by importing jaxdiff.data, this is offline; see `_prepare`
+  for concurrent launches). Other datasets need their TFDS download to work.
   """
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(f"config.data.name={name!r} is not a TFDS dataset: {e}") from e
-  if download:
-    builder.download_and_prepare(file_format="array_record")
+  if download:  # Every process calls it (a barrier in multi-process jobs).
+    _prepare(builder)
+    # Reopened: a builder made before another process prepared the data has no splits.
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   elif not builder.is_prepared():
     raise FileNotFoundError(
         f"TFDS dataset {name!r} is not prepared in data_dir={builder.data_dir!r} and "
@@ -94,7 +144,9 @@ def tfds_source(name: str, *, split: str, data_dir: str | None = None,
   if "image" not in features:
     raise ValueError(f"TFDS dataset {name!r} has no 'image' feature: {list(features)}.")
   label_key = "label" if "label" in features else None
-  return TfdsSource(builder.as_data_source(split=split), label_key=label_key)
+  num_classes = getattr(features[label_key], "num_classes", None) if label_key else None
+  return TfdsSource(builder.as_data_source(split=split), label_key=label_key,
+                    num_classes=num_classes)
 
 
 def make_source(data_config: ml_collections.ConfigDict) -> ImageSource:

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 from typing import Any
 
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdiff.evaluation import cache
 from jaxdiff.evaluation.batching import map_batches
 
 FEATURE_DIM = 64
@@ -135,19 +137,34 @@ def load_or_train_classifier(cache_path: str, images: np.ndarray, labels: np.nda
   settings = dict(num_classes=num_classes, seed=seed, num_steps=num_steps,
                   batch_size=min(batch_size, len(images)), learning_rate=learning_rate)
   fingerprint = _fingerprint(images, np.asarray(labels), settings)
-  if os.path.isfile(cache_path):
-    with open(cache_path, "rb") as f:
-      cached = flax.serialization.msgpack_restore(f.read())
-    if cached.get("fingerprint") == fingerprint:
-      return TrainedClassifier(params=jax.tree.map(jnp.asarray, cached["params"]),
-                               num_classes=num_classes, image_shape=tuple(images.shape[1:]),
-                               fingerprint=fingerprint)
+  cached = _read_cache(cache_path)
+  if cached is not None and cached.get("fingerprint") == fingerprint:
+    return TrainedClassifier(params=jax.tree.map(jnp.asarray, cached["params"]),
+                             num_classes=num_classes, image_shape=tuple(images.shape[1:]),
+                             fingerprint=fingerprint)
   classifier = train_classifier(images, labels, **settings)
-  os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-  payload = {"fingerprint": classifier.fingerprint,
-             "params": jax.tree.map(np.asarray, classifier.params)}
-  partial_path = cache_path + ".partial"
-  with open(partial_path, "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(payload))
-  os.replace(partial_path, cache_path)
+  _write_cache(cache_path, {"fingerprint": classifier.fingerprint,
+                            "params": jax.tree.map(np.asarray, classifier.params)})
   return classifier
+
+
+def _read_cache(path: str) -> dict[str, Any] | None:
+  """The cached msgpack payload at `path`; None when missing or damaged (with a warning
+  naming the file)."""
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, "rb") as f:
+      cached = flax.serialization.msgpack_restore(f.read())
+    if not isinstance(cached, dict) or "params" not in cached:
+      raise ValueError("no 'params' in it")
+    return cached
+  except Exception as e:  # pylint: disable=broad-except  (msgpack raises many types)
+    logging.warning("Damaged classifier cache %s (%s: %s); retraining it.", path,
+                    type(e).__name__, e)
+    return None
+
+
+def _write_cache(path: str, payload: dict[str, Any]) -> None:
+  """Writes the msgpack payload atomically (`cache.write_atomically`)."""
+  cache.write_atomically(path, lambda f: f.write(flax.serialization.msgpack_serialize(payload)))

@@ -12,10 +12,13 @@ are symmetric eigendecompositions, so no complex parts appear and singular covar
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Callable
 
 import numpy as np
+
+from jaxdiff.evaluation import cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,32 +82,47 @@ def frechet_distance_from_stats(stats1: FeatureStatistics, stats2: FeatureStatis
 
 
 def save_statistics(path: str, stats: FeatureStatistics) -> None:
-  """Writes statistics to an .npz with keys mu, sigma (as TTUR's stats files) and count."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count))
+  """Writes statistics to an .npz with keys mu, sigma (as TTUR's stats files) and count.
+
+  Atomic: written to a temporary file in the same folder, then renamed over `path`, so a
+  crash or a full disk never leaves a truncated file there.
+  """
+  cache.write_atomically(path, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma,
+                                                   count=np.int64(stats.count)))
 
 
 def load_statistics(path: str) -> FeatureStatistics:
-  """Reads statistics written by `save_statistics` (or a TTUR/pytorch-fid mu/sigma .npz)."""
+  """Reads statistics written by `save_statistics` (or a TTUR/pytorch-fid mu/sigma .npz).
+
+  Raises FileNotFoundError for a missing file and ValueError, naming the file, for one
+  that is not such an .npz (e.g. truncated).
+  """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"load_statistics: no statistics file at {path!r}")
-  with np.load(path) as data:
-    missing = {"mu", "sigma"} - set(data.files)
-    if missing:
-      raise ValueError(f"load_statistics: {path!r} lacks keys {sorted(missing)}; "
-                       f"expected mu and sigma")
-    count = int(data["count"]) if "count" in data.files else 0
-    return FeatureStatistics(mu=data["mu"].astype(np.float64),
-                             sigma=data["sigma"].astype(np.float64), count=count)
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      missing = {"mu", "sigma"} - set(data.files)
+      if missing:
+        raise ValueError(f"lacks keys {sorted(missing)}; expected mu and sigma")
+      count = int(data["count"]) if "count" in data.files else 0
+      return FeatureStatistics(mu=data["mu"].astype(np.float64),
+                               sigma=data["sigma"].astype(np.float64), count=count)
+  except Exception as e:  # pylint: disable=broad-except  (zipfile, numpy: many types)
+    raise ValueError(f"load_statistics: {path!r} is not a statistics .npz "
+                     f"({type(e).__name__}: {e})") from None
 
 
 def cached_statistics(path: str, compute: Callable[[], np.ndarray]) -> FeatureStatistics:
   """Loads statistics from `path`, or computes features with `compute()` and caches them.
 
-  Used for dataset reference statistics, which are the same for every run.
+  Used for dataset reference statistics, which are the same for every run. A damaged
+  cache file is reported with a warning naming it, and recomputed.
   """
   if os.path.isfile(path):
-    return load_statistics(path)
+    try:
+      return load_statistics(path)
+    except ValueError as e:
+      logging.warning("Damaged statistics cache %s (%s); recomputing it.", path, e)
   stats = feature_statistics(compute())
   save_statistics(path, stats)
   return stats

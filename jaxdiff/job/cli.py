@@ -1,6 +1,8 @@
 """Shared plumbing of the command-line tools (`sample.py`, `python -m jaxdiff.evaluate`).
 
 User errors are raised as :class:`CliError` and printed as one line, without a traceback.
+Output destinations are checked before any compute (`check_writable_dir`,
+`check_output_file`), so that an unwritable place fails at once, not after the work.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from typing import Any
 
 import ml_collections
@@ -38,19 +41,45 @@ def load_run(workdir: str, *, step: int | None, mesh: Any) -> tuple[ml_collectio
   """
   try:
     return checkpoints.load_workdir(workdir, step=step, sharding=parallel.replicated(mesh))
-  except (FileNotFoundError, RuntimeError) as e:
+  except (FileNotFoundError, RuntimeError, checkpoints.CheckpointMismatch) as e:
     raise CliError(str(e)) from None
 
 
-def check_writable_dir(path: str, *, flag: str) -> None:
-  """Raises CliError unless ``path`` is (or can be created as) a writable directory, checked
-  before any compute is spent."""
+def unwritable_reason(directory: str | os.PathLike) -> str | None:
+  """Why files cannot be written into `directory` (created when missing), or None.
+
+  Creates and removes a temporary file there: the one test that file modes, read-only
+  mounts, full quotas and running as root all answer truthfully.
+  """
+  directory = os.fspath(directory)
+  if "://" in directory:
+    return None  # An object store: nothing to probe without writing an object.
   try:
-    os.makedirs(path, exist_ok=True)
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test_"):
+      pass
   except OSError as e:
-    raise CliError(f"{flag} {path!r} cannot be created: {e.strerror}") from None
-  if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
-    raise CliError(f"{flag} {path!r} is not a writable directory")
+    return f"{type(e).__name__}: {e.strerror or e}"
+  return None
+
+
+def check_writable_dir(path: str | os.PathLike, *, flag: str) -> None:
+  """Raises CliError naming `flag` unless files can be written into the directory `path`
+  (created when missing), checked before any compute is spent."""
+  reason = unwritable_reason(path)
+  if reason:
+    raise CliError(f"{flag} {os.fspath(path)!r} is not a writable directory ({reason})")
+
+
+def check_output_file(path: str | os.PathLike, *, flag: str) -> None:
+  """Raises CliError naming `flag` when the file `path` cannot be written (its folder is
+  not writable, or it is a folder or a read-only file)."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    raise CliError(f"{flag} {path!r} is a directory; expected a file path")
+  if os.path.exists(path) and not os.access(path, os.W_OK):
+    raise CliError(f"{flag} {path!r} is not writable (a read-only file)")
+  check_writable_dir(os.path.dirname(os.path.abspath(path)), flag=flag)
 
 
 def parse_labels(text: str | None, *, num_classes: int | None,

@@ -29,7 +29,7 @@ from jaxdiff.evaluation import METRICS, frechet, inception
 from jaxdiff.evaluation.classifier import TrainedClassifier, load_or_train_classifier
 from jaxdiff.evaluation.datasets import load_images
 from jaxdiff.evaluation.inception_score import inception_score
-from jaxdiff.job import generation, latents
+from jaxdiff.job import generation, latents, runtime
 
 # The metrics of `python -m jaxdiff.evaluate`: METRICS (also for config.eval during training),
 # "reconstruction" (an autoencoder run's PSNR and latent statistics) and "prompt_accuracy"
@@ -38,9 +38,9 @@ TOOL_METRICS = METRICS + ("reconstruction", "prompt_accuracy")
 
 
 def default_cache_dir() -> str:
-  """$JAXDIFF_CACHE, else ~/.cache/jaxdiff."""
-  return os.environ.get("JAXDIFF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                        "jaxdiff")
+  """jaxdiff's cache folder: $JAXDIFF_CACHE, else $XDG_CACHE_HOME/jaxdiff, else
+  ~/.cache/jaxdiff."""
+  return runtime.cache_root()
 
 
 def _dataset_tag(data_config: ml_collections.ConfigDict, split: str) -> str:

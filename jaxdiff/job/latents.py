@@ -29,6 +29,7 @@ from etils import epath
 from jaxdiff import images as images_lib
 from jaxdiff import parallel
 from jaxdiff.config import builders, latent_checks
+from jaxdiff.config.errors import ConfigError
 from jaxdiff.evaluation.datasets import load_images
 from jaxdiff.job import checkpoints
 from jaxdiff.models.autoencoder import downsampling_factor
@@ -73,10 +74,10 @@ def _autoencoder_config(workdir: str) -> ml_collections.ConfigDict:
   try:
     config = checkpoints.read_config(workdir)
   except FileNotFoundError:
-    raise ValueError(f"config.autoencoder.workdir={workdir!r} has no config.json: not a "
+    raise ConfigError(f"config.autoencoder.workdir={workdir!r} has no config.json: not a "
                      "train.py run of an autoencoder") from None
   if config.model.name != "autoencoder_kl":
-    raise ValueError(f"config.autoencoder.workdir={workdir!r} is a {config.model.name!r} run, "
+    raise ConfigError(f"config.autoencoder.workdir={workdir!r} is a {config.model.name!r} run, "
                      "not an autoencoder (config.model.name='autoencoder_kl')")
   return config
 
@@ -95,13 +96,13 @@ def _check_recorded(section: ml_collections.ConfigDict,
   if recorded is None:
     return
   if os.path.abspath(recorded.workdir) != section.workdir:
-    raise ValueError(f"config.autoencoder.workdir={section.workdir!r}, but this run was "
+    raise ConfigError(f"config.autoencoder.workdir={section.workdir!r}, but this run was "
                      f"trained on the latents of {recorded.workdir!r}; resume with that one")
   for field in ("step", "scale_factor"):
     if section[field] is None:
       section[field] = recorded[field]
     elif section[field] != recorded[field]:
-      raise ValueError(f"config.autoencoder.{field}={section[field]}, but this run recorded "
+      raise ConfigError(f"config.autoencoder.{field}={section[field]}, but this run recorded "
                        f"{recorded[field]}")
 
 
@@ -125,10 +126,10 @@ def resolve_config(config: ml_collections.ConfigDict, *,
   factor = 2 ** (len(ae_config.model.block_out_channels) - 1)
   for field, value in (("latent_channels", channels), ("downsampling_factor", factor)):
     if section[field] is not None and section[field] != value:
-      raise ValueError(f"config.autoencoder.{field}={section[field]}, but the autoencoder in "
+      raise ConfigError(f"config.autoencoder.{field}={section[field]}, but the autoencoder in "
                        f"{section.workdir!r} has {field}={value}")
   if ae_config.data.channels != config.data.channels or config.data.image_size % factor:
-    raise ValueError(f"the autoencoder in {section.workdir!r} codes images of "
+    raise ConfigError(f"the autoencoder in {section.workdir!r} codes images of "
                      f"{ae_config.data.channels} channels in blocks of {factor}x{factor}; "
                      f"config.data has channels={config.data.channels}, image_size="
                      f"{config.data.image_size}")
@@ -136,7 +137,7 @@ def resolve_config(config: ml_collections.ConfigDict, *,
   if section.step is None and steps:
     section.step = steps[-1]
   if section.step not in steps:
-    raise ValueError(f"the autoencoder in {section.workdir!r} has no checkpoint "
+    raise ConfigError(f"the autoencoder in {section.workdir!r} has no checkpoint "
                      f"{section.step if section.step is not None else ''} (steps: {steps})")
   section.update(latent_channels=channels, downsampling_factor=factor)
   return config
@@ -159,7 +160,7 @@ def load_coder(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> La
   section = config.autoencoder
   resolve_config(config)  # raises if the autoencoder run changed since it was recorded
   if section.scale_factor is None:
-    raise ValueError("config.autoencoder.scale_factor is not recorded; measure it with "
+    raise ConfigError("config.autoencoder.scale_factor is not recorded; measure it with "
                      "jaxdiff.job.latents.measure_scale_factor")
   module, params = _restore(section.workdir, section.step, mesh)
   return LatentCoder(params=params, scale_factor=jnp.float32(section.scale_factor),

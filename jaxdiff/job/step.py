@@ -84,9 +84,16 @@ def drop_labels(rng: jax.Array, labels: jax.Array, *, null_label: int,
   return jnp.where(drop, null_label, labels)
 
 
+def tree_all_finite(tree: Any) -> jax.Array:
+  """A bool scalar: every floating-point leaf of `tree` is free of NaN and infinity."""
+  checks = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                loss_fn: LossFn | None, ema_decay: float, label_dropout: float = 0.0,
-               num_classes: int | None = None,
+               num_classes: int | None = None, proceed: jax.Array | None = None,
                objective_fn: ObjectiveFn | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on `batch` ({"image": [B, H, W, C] in [-1, 1], "label": [B]}).
@@ -98,8 +105,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
   `rng` is the run's base key; this step's randomness is `fold_in(rng, state.step)`, so a
   resumed run repeats the same draws. The loss is the batch mean of `loss_fn`'s per-example
-  losses. If the loss or gradient norm is not finite the state is returned unchanged and
-  `metrics["finite"]` is False: the caller must stop (see jaxdiff.trainer).
+  losses. The step is finite when the loss, the gradient norm and every leaf of the updated
+  state (parameters, EMA parameters, optimizer state) are finite. If it is not (or if the
+  bool `proceed` is given and False) the state is returned unchanged: a caller that sees
+  `metrics["finite"]` False must stop (see jaxdiff.job.trainer).
 
   Returns the new state and metrics {"loss", "grad_norm", "finite"}.
   """
@@ -130,9 +139,62 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   params = optax.apply_updates(state.params, updates)
   updated = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                           ema_params=ema_update(state.ema_params, params, decay=ema_decay))
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & tree_all_finite(
+      (updated.params, updated.ema_params, updated.opt_state))
+  keep = finite if proceed is None else finite & proceed
+  # Computed once, before the selects: fused into each leaf's select instead, the
+  # whole-model reductions behind it would be repeated per leaf (minutes of XLA compile).
+  keep = jax.lax.optimization_barrier(keep)
+  new_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), updated, state)
   return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+
+@struct.dataclass
+class MetricSums:
+  """Running sums of a run's step metrics since the last log, kept on the device.
+
+  `first_non_finite` is the index of the first step that was not finite (-1 while every
+  step was), and `bad_loss` / `bad_grad_norm` are that step's values: the training loop
+  fetches these only when it logs or saves, so steps run without waiting for the host.
+  """
+
+  loss: jax.Array
+  grad_norm: jax.Array
+  count: jax.Array
+  first_non_finite: jax.Array
+  bad_loss: jax.Array
+  bad_grad_norm: jax.Array
+
+  @classmethod
+  def zeros(cls) -> "MetricSums":
+    """Empty sums: no step counted, no non-finite step seen."""
+    zero = jnp.zeros((), jnp.float32)
+    return cls(loss=zero, grad_norm=zero, count=jnp.zeros((), jnp.int32),
+               first_non_finite=jnp.full((), -1, jnp.int32), bad_loss=zero,
+               bad_grad_norm=zero)
+
+
+def accumulating_train_step(state: TrainState, sums: MetricSums, batch: dict[str, jax.Array],
+                            rng: jax.Array, **step_options: Any
+                            ) -> tuple[TrainState, MetricSums]:
+  """`train_step`, adding its loss and gradient norm to `sums`, frozen after a bad step.
+
+  Once a step is not finite no later step updates the state, so the state stays the last
+  finite one and `sums.first_non_finite` names the step that failed.
+  """
+  proceed = sums.first_non_finite < 0
+  step = state.step
+  state, metrics = train_step(state, batch, rng, proceed=proceed, **step_options)
+  counted = proceed & metrics["finite"]
+  failed = proceed & ~metrics["finite"]
+  loss, grad_norm = (metrics[name].astype(jnp.float32) for name in ("loss", "grad_norm"))
+  return state, MetricSums(
+      loss=sums.loss + jnp.where(counted, loss, 0.0),
+      grad_norm=sums.grad_norm + jnp.where(counted, grad_norm, 0.0),
+      count=sums.count + counted.astype(jnp.int32),
+      first_non_finite=jnp.where(failed, step, sums.first_non_finite),
+      bad_loss=jnp.where(failed, loss, sums.bad_loss),
+      bad_grad_norm=jnp.where(failed, grad_norm, sums.bad_grad_norm))
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
