@@ -6,6 +6,10 @@ For a process x_t = alpha_t x_0 + sigma_t eps (`jaxdiff.processes`), a model may
 - "x0":    the data x_0;
 - "v":     v = alpha_t eps - sigma_t x_0 (Salimans & Ho 2022, Sec. 4 and App. D);
 - "score": grad_x log p_t(x_t) = -eps / sigma_t (Song et al. 2021, eq. 28; Tweedie);
+- "velocity": dx_t / dt = alpha'(t) x_0 + sigma'(t) eps, the velocity of flow matching
+           (Lipman et al. 2023, eq. 20-21; Liu et al. 2023): eps - x_0 on the linear
+           interpolant of `jaxdiff.processes.FlowProcess`, and on any other process the
+           derivative in its own time;
 - "mean":  the mean of x_{t-1} under the posterior of a discrete `Schedule`
            (Ho et al. 2020, eq. 7), at integer timesteps only.
 
@@ -46,7 +50,7 @@ from jaxdiff.processes import broadcast_to_x
 Array = Any
 ModelFn = Callable[[Array, Array], Array]
 
-PREDICTIONS = ("eps", "x0", "v", "score", "mean")
+PREDICTIONS = ("eps", "x0", "v", "score", "mean", "velocity")
 
 
 class Denoised(NamedTuple):
@@ -132,9 +136,18 @@ def x0_eps_from_output(process: Any, prediction: str, out: Array, x: Array,
   (x - alpha x0) / sigma; v = alpha eps - sigma x0 gives x0 = (alpha x - sigma v) /
   (alpha^2 + sigma^2) and eps = (sigma x + alpha v) / (alpha^2 + sigma^2), which is
   Salimans & Ho's alpha x - sigma v for variance-preserving processes; score gives
-  eps = -sigma score; the posterior mean of a discrete chain is inverted for x0.
+  eps = -sigma score; the posterior mean of a discrete chain is inverted for x0. The
+  velocity u = alpha' x0 + sigma' eps with x = alpha x0 + sigma eps gives x0 = (sigma' x -
+  sigma u) / det and eps = (alpha u - alpha' x) / det, det = alpha sigma' - sigma alpha'
+  (= 1 on the linear interpolant: x0 = x - t u, eps = x + (1 - t) u; positive on every
+  process whose log-SNR decreases), finite at both ends of a flow.
   """
   alpha, sigma = coefficients(process, x, t)
+  if prediction == "velocity":
+    dalpha, dsigma = (broadcast_to_x(c, x).astype(x.dtype)
+                      for c in process.coeff_derivatives(t))
+    det = alpha * dsigma - sigma * dalpha
+    return (dsigma * x - sigma * out) / det, (alpha * out - dalpha * x) / det
   if prediction == "v":
     norm = alpha**2 + sigma**2
     return (alpha * x - sigma * out) / norm, (sigma * x + alpha * out) / norm
@@ -182,7 +195,8 @@ def make_denoiser(model_fn: ModelFn, process: Any, *, prediction: str = "eps",
     model_fn: the model, called with the process's time t [B] (int32 timesteps for a
       discrete schedule's own samplers, floats for the continuous ones); pass it as a
       ``jax.tree_util.Partial(apply_fn, params)`` so that new params reuse compiled samplers.
-    process: a `jaxdiff.processes` noise process: a `Schedule`, an SDE, `EDMProcess`.
+    process: a `jaxdiff.processes` noise process: a `Schedule`, an SDE, `EDMProcess`,
+      `FlowProcess`.
     prediction: one of PREDICTIONS; "mean" needs a discrete `Schedule`.
     learned_variance: the model outputs 2C channels (prediction, variance values).
 
@@ -194,12 +208,27 @@ def make_denoiser(model_fn: ModelFn, process: Any, *, prediction: str = "eps",
   if not all(hasattr(process, name) for name in ("marginal_coeffs", "log_snr",
                                                   "t_from_log_snr")):
     raise ValueError(f"process must be a noise process (a Schedule, an SDE of jaxdiff.sde, "
-                     f"or an EDMProcess), got {type(process).__name__}")
+                     f"an EDMProcess or a FlowProcess), got {type(process).__name__}")
   if prediction == "mean" and not hasattr(process, "posterior_mean_coef1"):
     raise ValueError(f"prediction 'mean' (the posterior mean of x_(t-1)) needs a discrete "
                      f"Schedule, not a {type(process).__name__}")
   return Denoiser(model_fn=traceable(model_fn, name="model_fn"), process=process,
                   prediction=prediction, learned_variance=bool(learned_variance))
+
+
+def velocity(denoiser: Any, x: Array, t: Array) -> Array:
+  """The probability-flow velocity alpha'(t) x0_hat + sigma'(t) eps_hat of a denoiser at
+  (x_t, t) [B] (Lipman et al. 2023, eq. 8 and 20): for any denoiser equal to the ODE's
+  f x - g^2 score / 2 (Song et al. 2021, eq. 13), and finite where alpha = 0 or sigma = 0."""
+  out = denoiser(x, t)
+  dalpha, dsigma = (broadcast_to_x(c, x).astype(x.dtype)
+                    for c in denoiser.process.coeff_derivatives(t))
+  return dalpha * out.x0 + dsigma * out.eps
+
+
+def is_denoiser(obj: Any) -> bool:
+  """Whether ``obj`` is a `Denoiser` or a wrapped one."""
+  return isinstance(obj, (Denoiser, _Wrapper))
 
 
 class _Wrapper:
@@ -237,19 +266,25 @@ class Wrapped(_Wrapper):
     return self.rule(self.fn, self.inner(x, t), x, t, alpha, sigma)
 
 
+def _solved(numerator: Array, scale: Array, fallback: Array) -> Array:
+  """numerator / scale, or ``fallback`` where the scale is 0 (alpha at a flow's t = 1, sigma
+  at its t = 0: the other prediction is then x itself and this one stays as it was)."""
+  return jnp.where(scale != 0, numerator / jnp.where(scale != 0, scale, 1), fallback)
+
+
 def _mapped_x0(fn: Traceable, out: Denoised, x: Array, t: Array, alpha: Array,
                sigma: Array) -> Denoised:
   """x0 -> fn(x0), eps recomputed from it."""
   del t
   x0 = fn(out.x0)
-  return Denoised(x0, (x - alpha * x0) / sigma, out.variance_values)
+  return Denoised(x0, _solved(x - alpha * x0, sigma, out.eps), out.variance_values)
 
 
 def _shifted_eps(cond_fn: Traceable, out: Denoised, x: Array, t: Array, alpha: Array,
                  sigma: Array) -> Denoised:
   """eps -> eps - sigma cond_fn(x, t), x0 recomputed from it."""
   eps = out.eps - sigma * cond_fn(x, t)
-  return Denoised((x - sigma * eps) / alpha, eps, out.variance_values)
+  return Denoised(_solved(x - sigma * eps, alpha, out.x0), eps, out.variance_values)
 
 
 def _clip_unit(x0: Array) -> Array:

@@ -9,6 +9,11 @@ Metrics (`--metrics`, comma-separated; see jaxdiff.job.evaluation):
                  distance of those reconstructions and of the same real images (its floor)
   prompt_accuracy  share of samples asked for class k (label, or class name as caption)
                  that the classifier of classifier_fd assigns to k, at each --guidance_scale
+  restoration    PSNR, SSIM (and the consistency error of super-resolution) of an
+                 image-to-image run's sample.py .npz (--samples, with its "inputs" and
+                 "references") beside the task's trivial baseline (bicubic upsampling, ...)
+  words          a word-list run's samples: shares well formed, in the word list, in the
+                 training split, new; unigram and bigram baselines' shares in the list
 
 Samples come from the workdir's newest (or --step) checkpoint, EMA parameters unless
 --no-ema, with config.sample's sampler (--sampler/--num_steps/--eta override it), or from
@@ -35,7 +40,7 @@ import tqdm
 from absl import logging as absl_logging
 
 from jaxdiff import images, parallel
-from jaxdiff.config import builders, sampling
+from jaxdiff.config import builders, sampling, validation
 from jaxdiff.job import cli, runtime
 from jaxdiff.job import evaluation as metrics
 
@@ -80,6 +85,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   args = p.parse_args(argv)
   if (args.workdir is None) == (args.pretrained is None):
     raise cli.CliError("give exactly one of --workdir (a training run) and --pretrained")
+  _parse_metrics(args)
+  for name in ("num_samples", "batch_size", "bpd_batch_size", "bpd_examples", "num_steps"):
+    value = getattr(args, name)
+    if value is not None and value < 1:
+      raise cli.CliError(f"--{name} must be >= 1, got {value}")
+  return args
+
+
+def _parse_metrics(args: argparse.Namespace) -> None:
+  """Splits --metrics and --guidance_scale into lists; checks each metric has its inputs."""
   args.metrics = [m for m in args.metrics.split(",") if m]
   unknown = [m for m in args.metrics if m not in metrics.TOOL_METRICS]
   if unknown or not args.metrics:
@@ -91,14 +106,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     except ValueError:
       raise cli.CliError(f"--guidance_scale {args.guidance_scale!r}: expected comma-separated "
                          "numbers") from None
+  if "restoration" in args.metrics and args.samples is None:
+    raise cli.CliError("--metrics restoration scores a sample.py .npz of an image-to-image "
+                       "run: give --samples")
   if "fid" in args.metrics and not args.inception_weights:
     raise cli.CliError("--metrics fid needs --inception_weights (the FID Inception .npz; see "
                    "jaxdiff/evaluation/inception.py for the conversion)")
-  for name in ("num_samples", "batch_size", "bpd_batch_size", "bpd_examples", "num_steps"):
-    value = getattr(args, name)
-    if value is not None and value < 1:
-      raise cli.CliError(f"--{name} must be >= 1, got {value}")
-  return args
 
 
 def _load_samples(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
@@ -129,6 +142,20 @@ def _check_run_kind(args: argparse.Namespace, config: Any) -> None:
                        "images'")
 
 
+def _restoration(path: str, config: Any) -> dict[str, Any]:
+  """`metrics.restoration_metrics` of a sample.py .npz ("images", "inputs", "references")."""
+  with np.load(path) as data:
+    missing = [k for k in ("images", "inputs", "references") if k not in data.files]
+    if missing:
+      raise cli.CliError(f"--samples {path!r} has no {missing} (keys: {data.files}); "
+                         "restoration needs sample.py's output on the test conditions")
+    arrays = [images.from_uint8(data[k]) for k in ("images", "inputs", "references")]
+  try:
+    return metrics.restoration_metrics(config, *arrays)
+  except ValueError as e:
+    raise cli.CliError(f"--metrics restoration: {e}") from None
+
+
 def _check_sampler(args: argparse.Namespace, config: Any) -> None:
   """Applies --sampler / --num_steps / --eta to config.sample and checks they can run."""
   for field in ("sampler", "num_steps", "eta"):
@@ -141,9 +168,13 @@ def _check_sampler(args: argparse.Namespace, config: Any) -> None:
     sampling.check_fits(config.sample.sampler, config, num_steps=config.sample.num_steps)
   except ValueError as e:
     raise cli.CliError(f"--sampler {config.sample.sampler}: {e}") from None
-  if "bpd" in args.metrics and config.diffusion.objective != "ddpm":
-    raise cli.CliError(f"--metrics bpd is the discrete variational bound; this run's objective "
-                       f"is {config.diffusion.objective!r}, not 'ddpm'")
+  if "bpd" in args.metrics and config.diffusion.objective not in validation.BPD_OBJECTIVES:
+    raise cli.CliError(f"--metrics bpd is a variational bound; this run's objective is "
+                       f"{config.diffusion.objective!r}, not one of "
+                       f"{validation.BPD_OBJECTIVES}")
+  if "words" in args.metrics and config.data.source != "words":
+    raise cli.CliError(f"--metrics words scores a word-list run; this run's data source is "
+                       f"{config.data.source!r}")
 
 
 def _bpd(args: argparse.Namespace, run: tuple, rng: jax.Array, mesh: Any) -> dict[str, Any]:
@@ -162,7 +193,8 @@ def _bpd(args: argparse.Namespace, run: tuple, rng: jax.Array, mesh: Any) -> dic
 
 def _sample_metrics(args: argparse.Namespace, run: tuple, rng: jax.Array,
                     mesh: Any) -> dict[str, Any]:
-  """classifier_fd and / or FID + IS of samples drawn through the one generation path."""
+  """classifier_fd, FID + IS and / or the word-list shares of samples drawn through the one
+  generation path."""
   config, model, params, process, _ = run
   cache_dir = args.cache_dir or metrics.default_cache_dir()
   if args.samples is not None:
@@ -172,6 +204,8 @@ def _sample_metrics(args: argparse.Namespace, run: tuple, rng: jax.Array,
                                        batch_size=min(args.batch_size, args.num_samples),
                                        mesh=mesh, process=process)
   results: dict[str, Any] = {"num_samples": len(samples)}
+  if "words" in args.metrics:
+    results.update(metrics.word_metrics(config, samples, seed=args.seed))
   if "classifier_fd" in args.metrics:
     results["classifier_fd"] = metrics.classifier_frechet_distance(
         _classifier_reference(args, config), samples)
@@ -210,13 +244,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   results: dict[str, Any] = {"step": loaded[4], "ema": args.ema}
   if "bpd" in args.metrics:
     results.update(_bpd(args, loaded, rng, mesh))
+  if "restoration" in args.metrics:
+    results.update(_restoration(args.samples, config))
   if "reconstruction" in args.metrics:
     reference = _classifier_reference(args, config) if "classifier_fd" in args.metrics else None
     results.update(metrics.reconstruction_metrics(
         config, loaded[1], loaded[2], rng, split=args.bpd_split,
         max_examples=args.bpd_examples or 1000, batch_size=args.batch_size,
         reference=reference))
-  elif {"classifier_fd", "fid"} & set(args.metrics):
+  elif {"classifier_fd", "fid", "words"} & set(args.metrics):
     results.update(_sample_metrics(args, loaded, rng, mesh))
   if "prompt_accuracy" in args.metrics:
     results["prompt_accuracy"] = _prompt_accuracy(args, loaded, rng, mesh)

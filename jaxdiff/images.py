@@ -96,6 +96,28 @@ def save_grid(path: str, images: np.ndarray, *, rows: Optional[int] = None,
   return grid
 
 
+def side_by_side(columns: list[np.ndarray], *, padding: int = 2,
+                 pad_value: int = 255) -> np.ndarray:
+  """uint8 [N, H, k * (W + p) - p, C]: sample i's images of the k ``columns`` ([N, h_j, w_j,
+  C_j] uint8, e.g. input | output | reference) in one row, each enlarged (nearest
+  neighbour) by an integer factor to the largest size, gray repeated to the widest
+  channels."""
+  height = max(column.shape[1] for column in columns)
+  width = max(column.shape[2] for column in columns)
+  channels = max(column.shape[3] for column in columns)
+  parts = []
+  for j, column in enumerate(columns):
+    ky, kx = height // column.shape[1], width // column.shape[2]
+    if ky * column.shape[1] != height or kx * column.shape[2] != width:
+      raise ValueError(f"side_by_side: column {j} of size {column.shape[1:3]} does not divide "
+                       f"the largest size {(height, width)}")
+    big = np.repeat(np.repeat(column, ky, axis=1), kx, axis=2)
+    parts.append(np.broadcast_to(big, big.shape[:3] + (channels,)))
+    if j + 1 < len(columns):
+      parts.append(np.full((column.shape[0], height, padding, channels), pad_value, np.uint8))
+  return np.concatenate(parts, axis=2)
+
+
 def load_png(path: str, *, channels: int) -> np.ndarray:
   """Reads a PNG (or any PIL-readable image) as uint8 [H, W, channels], channels in {1, 3}."""
   if channels not in (1, 3):
@@ -107,8 +129,10 @@ def load_png(path: str, *, channels: int) -> np.ndarray:
   return array[..., None] if channels == 1 else array
 
 
-def save_npz(path: str, images: np.ndarray, *, labels: Optional[np.ndarray] = None) -> None:
-  """Writes uint8 images [N, H, W, C] (key "images") and optional labels [N] to an .npz."""
+def save_npz(path: str, images: np.ndarray, *, labels: Optional[np.ndarray] = None,
+             extra: Optional[dict[str, np.ndarray]] = None) -> None:
+  """Writes uint8 images [N, H, W, C] (key "images"), optional labels [N] and ``extra``
+  arrays (e.g. an image-to-image run's "inputs" and "references") to an .npz."""
   images = np.asarray(images)
   if images.ndim != 4 or images.dtype != np.uint8:
     raise ValueError(f"save_npz: expected uint8 images [N, H, W, C], got dtype "
@@ -120,5 +144,6 @@ def save_npz(path: str, images: np.ndarray, *, labels: Optional[np.ndarray] = No
       raise ValueError(f"save_npz: labels must have shape {images.shape[:1]}, got "
                        f"{labels.shape}")
     arrays["labels"] = labels
+  arrays.update(extra or {})
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   np.savez(path, **arrays)

@@ -5,7 +5,7 @@ change of variables (Chen et al. 2018, Thm. 1) gives
 
     log p_eps(x(eps)) = log p_1(x(1)) + int_eps^1 div f~(x(t), t) dt          (eq. 39)
 
-solved forward from t = eps as one augmented ODE. The divergence is the exact Jacobian trace
+solved forward from t = eps to t_max = 1 (of an SDE or a flow) as one augmented ODE. The divergence is the exact Jacobian trace
 (one forward-mode pass per dimension: small dimension) or the Skilling-Hutchinson estimate
 E_v[v^T (df~/dx) v] with one Rademacher or Gaussian probe v per example, fixed over the solve
 (Grathwohl et al. 2019, FFJORD).
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import sde as sde_lib
+from jaxdiff import denoisers, sde as sde_lib
 from jaxdiff.sde_samplers.ode import (check_name, check_solver, probability_flow_drift, solve_ode,
                                       validate)
 
@@ -43,22 +43,37 @@ def _hutchinson_divergence(drift: Any, t: Array, x: Array, probe: Array) -> Arra
   return jnp.sum(jnp.reshape(probe * jv, (x.shape[0], -1)), axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("score_fn", "trace", "solver", "rtol", "atol",
-                                             "num_steps", "eps"))
 def ode_log_likelihood(score_fn: sde_lib.ScoreFn, sde: Any, x: Array, rng: Array, *,
                        trace: str = "rademacher", solver: str = "dopri5", rtol: float = 1e-5,
                        atol: float = 1e-5, num_steps: int | None = None,
                        eps: float = 1e-5) -> tuple[Array, Array, Array]:
   """log p_eps(x) in nats per example through the probability-flow ODE (Song et al. 2021,
-  eq. 39), with trace "exact", or Skilling-Hutchinson with "rademacher" / "gaussian" probes.
+  eq. 39) from t = eps to the process's t_max, with trace "exact", or Skilling-Hutchinson with
+  "rademacher" / "gaussian" probes.
 
-  Returns (logp [B], z = x(1), number of score evaluations; the exact trace costs d
+  ``score_fn(x, t)`` is a score model, or a denoiser of `jaxdiff.denoisers` (whose velocity
+  alpha' x0 + sigma' eps is the drift; a flow model integrates to t = 1 exactly, where its
+  prior N(0, I) is the exact marginal); ``sde`` is any process of `jaxdiff.processes`. Its
+  arrays (a `jax.tree_util.Partial`'s parameters) are traced: new parameters do not recompile.
+
+  Returns (logp [B], z = x(t_max), number of score evaluations; the exact trace costs d
   forward-mode passes per evaluation).
   """
   check_name(trace, TRACES, "trace estimator")
   check_solver(solver, num_steps)
-  validate(score_fn, x.shape, eps)
-  drift = probability_flow_drift(score_fn, sde)
+  validate(score_fn, x.shape, eps, sde)
+  return _log_likelihood(denoisers.traceable(score_fn, name="score_fn"), sde, x, rng,
+                         trace=trace, solver=solver, rtol=rtol, atol=atol, num_steps=num_steps,
+                         eps=eps)
+
+
+@functools.partial(jax.jit, static_argnames=("trace", "solver", "rtol", "atol", "num_steps",
+                                             "eps"))
+def _log_likelihood(score: denoisers.Traceable, sde: Any, x: Array, rng: Array, *, trace: str,
+                    solver: str, rtol: float, atol: float, num_steps: int | None,
+                    eps: float) -> tuple[Array, Array, Array]:
+  field = score.fn if denoisers.is_denoiser(score.fn) else score
+  drift = probability_flow_drift(field, sde)
   if trace == "gaussian":
     probe = jax.random.normal(rng, x.shape, x.dtype)
   else:
@@ -71,13 +86,11 @@ def ode_log_likelihood(score_fn: sde_lib.ScoreFn, sde: Any, x: Array, rng: Array
     return drift(t, y), _hutchinson_divergence(drift, t, y, probe)
 
   init = (x, jnp.zeros((x.shape[0],), x.dtype))
-  (z, delta_logp), nfe = solve_ode(augmented, init, t0=eps, t1=1.0, solver=solver, rtol=rtol,
-                                   atol=atol, num_steps=num_steps)
+  (z, delta_logp), nfe = solve_ode(augmented, init, t0=eps, t1=sde.t_max, solver=solver,
+                                   rtol=rtol, atol=atol, num_steps=num_steps)
   return sde.prior_logp(z) + delta_logp, z, nfe
 
 
-@functools.partial(jax.jit, static_argnames=("score_fn", "trace", "solver", "rtol", "atol",
-                                             "num_steps", "eps", "dequantize"))
 def bits_per_dim(score_fn: sde_lib.ScoreFn, sde: Any, x: Array, rng: Array, *,
                  dequantize: bool = True, trace: str = "rademacher", solver: str = "dopri5",
                  rtol: float = 1e-5, atol: float = 1e-5, num_steps: int | None = None,
@@ -90,7 +103,8 @@ def bits_per_dim(score_fn: sde_lib.ScoreFn, sde: Any, x: Array, rng: Array, *,
       bpd = -log p(y) / (d ln 2) + 7
 
   is an upper bound in expectation over u. dequantize=False gives -log p(x) / (d ln 2) for
-  continuous data. Returns (bpd [B], number of score evaluations).
+  continuous data. ``score_fn`` and ``sde`` as in `ode_log_likelihood`. Returns (bpd [B],
+  number of score evaluations).
   """
   rng_u, rng_probe = jax.random.split(rng)
   dim = np.prod(x.shape[1:])

@@ -17,7 +17,13 @@ half of ours). `GaussianProcess` below derives the rest: the Markov transition b
 times (Kingma et al. 2021, eq. 8-9), the forward SDE dx = f(t) x dt + g(t) dw with
 f = d log alpha / dt and g^2 = d sigma^2 / dt - 2 f sigma^2 (Kingma et al. 2021, App. A;
 Song et al. 2021, eq. 5), the Gaussian prior, and the reverse-time SDE and probability-flow
-ODE (Song et al. 2021, eq. 6 and 13).
+ODE (Song et al. 2021, eq. 6 and 13), and the time derivatives (alpha'(t), sigma'(t)) in which
+the probability-flow ODE is dx/dt = alpha' E[x_0 | x_t] + sigma' E[eps | x_t], finite even
+where alpha = 0 (the flow's noise end).
+
+`FlowProcess` is the interpolant of flow matching and rectified flow (Lipman et al. 2023; Liu
+et al. 2023): x_t = (1 - t) x_0 + t eps on t in [0, 1], or the trigonometric interpolant
+cos(pi t / 2) x_0 + sin(pi t / 2) eps (Albergo & Vanden-Eijnden 2023).
 
 A grid of times ends either at a time of the process or "clean" (alpha = 1, sigma = 0,
 lambda = +inf): the clean end of a reverse chain returns the data prediction.
@@ -64,6 +70,12 @@ class GaussianProcess:
     """lambda(t) = log(alpha^2 / sigma^2) (Kingma et al. 2021, eq. 3)."""
     alpha, sigma = self.marginal_coeffs(t)
     return 2.0 * (jnp.log(alpha) - jnp.log(sigma))
+
+  def coeff_derivatives(self, t: Array) -> tuple[Array, Array]:
+    """(alpha'(t), sigma'(t)), the time derivatives of the kernel's coefficients, by
+    forward-mode differentiation (integer timesteps are read as fractional ones)."""
+    t = jnp.asarray(t, jnp.result_type(float))
+    return jax.jvp(self.marginal_coeffs, (t,), (jnp.ones_like(t),))[1]
 
   def marginal_prob(self, x0: Array, t: Array) -> tuple[Array, Array]:
     """Mean alpha_t x0 and std sigma_t ([B]) of q(x_t | x_0)."""
@@ -186,3 +198,74 @@ class EDMProcess(GaussianProcess):
   def t_from_log_snr(self, lam: Array) -> Array:
     """sigma = exp(-lambda / 2)."""
     return jnp.exp(-0.5 * lam)
+
+
+INTERPOLANTS = ("linear", "cosine")
+
+
+@flax.struct.dataclass
+class FlowProcess(GaussianProcess):
+  """The interpolant x_t = alpha(t) x_0 + sigma(t) eps of flow matching, t in [t_min, t_max].
+
+  "linear": alpha = 1 - t, sigma = t, the conditional optimal-transport path of Lipman et
+  al. 2023 (their sigma_min = 0) and the rectified flow of Liu et al. 2023, with t = 0 the
+  data and t = 1 the noise (Esser et al. 2024's convention); its velocity is eps - x_0.
+  "cosine": alpha = cos(pi t / 2), sigma = sin(pi t / 2), the trigonometric interpolant of
+  Albergo & Vanden-Eijnden 2023 (variance-preserving). The prior is N(0, sigma(t_max)^2 I),
+  exact at the default t_max = 1 where alpha = 0. The range is static (part of a compiled
+  sampler's key); the default grid of every sampler but EDM's Heun is uniform in t.
+  """
+
+  interpolant: str = flax.struct.field(pytree_node=False, default="linear")
+  t_min: float = flax.struct.field(pytree_node=False, default=0.0)
+  t_max: float = flax.struct.field(pytree_node=False, default=1.0)
+
+  default_grid = "time_uniform"
+
+  def __post_init__(self):
+    if self.interpolant not in INTERPOLANTS:
+      raise ValueError(f"unknown interpolant {self.interpolant!r}; expected one of "
+                       f"{INTERPOLANTS}")
+    if not 0.0 <= float(self.t_min) < float(self.t_max) <= 1.0:
+      raise ValueError(f"t_min, t_max must satisfy 0 <= t_min < t_max <= 1, got {self.t_min}, "
+                       f"{self.t_max}")
+
+  @property
+  def prior_std(self) -> float:
+    if self.interpolant == "linear":
+      return float(self.t_max)
+    return float(np.sin(0.5 * np.pi * self.t_max))
+
+  @property
+  def clean_t_min(self) -> bool:
+    """Whether the grid's end t_min is itself the data (sigma = 0): samplers that end with a
+    step to the clean end then stop one grid point before it."""
+    return float(self.t_min) == 0.0
+
+  def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
+    """(1 - t, t), or (cos(pi t / 2), sin(pi t / 2))."""
+    t = jnp.asarray(t, jnp.result_type(float))
+    if self.interpolant == "linear":
+      return 1.0 - t, t
+    return jnp.cos(0.5 * jnp.pi * t), jnp.sin(0.5 * jnp.pi * t)
+
+  def coeff_derivatives(self, t: Array) -> tuple[Array, Array]:
+    """(-1, 1), or (pi / 2) (-sin(pi t / 2), cos(pi t / 2))."""
+    t = jnp.asarray(t, jnp.result_type(float))
+    if self.interpolant == "linear":
+      return -jnp.ones_like(t), jnp.ones_like(t)
+    return -0.5 * jnp.pi * jnp.sin(0.5 * jnp.pi * t), 0.5 * jnp.pi * jnp.cos(0.5 * jnp.pi * t)
+
+  def log_snr(self, t: Array) -> Array:
+    """2 log((1 - t) / t), or -2 log tan(pi t / 2)."""
+    t = jnp.asarray(t, jnp.result_type(float))
+    if self.interpolant == "linear":
+      return 2.0 * (jnp.log1p(-t) - jnp.log(t))
+    return -2.0 * jnp.log(jnp.tan(0.5 * jnp.pi * t))
+
+  def t_from_log_snr(self, lam: Array) -> Array:
+    """sigmoid(-lambda / 2), or (2 / pi) arctan(exp(-lambda / 2))."""
+    lam = jnp.asarray(lam, jnp.result_type(float))
+    if self.interpolant == "linear":
+      return jax.nn.sigmoid(-0.5 * lam)
+    return 2.0 / jnp.pi * jnp.arctan(jnp.exp(-0.5 * lam))

@@ -29,6 +29,16 @@ class _PointMassEps(nn.Module):
     del y, train
     config = schema.base_config().diffusion
     config.update(dict(self.diffusion))
+    if config.objective == "flow":  # velocity sigma'(t) eps = sigma' / sigma x at t * 999
+      t = t / objectives.SDE_TIME_SCALE
+      dsigma = objectives.process_from_config(config).coeff_derivatives(t)[1]
+      _, sigma = objectives.process_from_config(config).marginal_coeffs(t)
+      ratio = jnp.where(sigma > 0, dsigma / jnp.where(sigma > 0, sigma, 1.0), 0.0)  # x = 0 at t = 0
+      return x * sde_lib.broadcast_to_x(ratio, x)
+    if config.objective == "edm":  # F = -c_skip x / c_out at x = x_in / c_in, D = 0
+      sigma = jnp.exp(4.0 * t / objectives.SDE_TIME_SCALE)
+      scale = -config.sigma_data / sigma  # -c_skip / (c_out c_in)
+      return x * sde_lib.broadcast_to_x(scale, x)
     if config.objective == "sde_dsm":
       _, sigma = objectives.sde_from_config(config).marginal_coeffs(t / objectives.SDE_TIME_SCALE)
     elif config.objective == "ncsn":
@@ -52,6 +62,9 @@ def _config(**diffusion):
     dict(objective="sde_dsm", sde="vesde", sigma_min=0.01, sigma_max=5.0),
     dict(objective="ncsn", sigma_min=0.01, sigma_max=5.0, num_scales=10),
     dict(objective="ddpm"),
+    dict(objective="flow", time_distribution="logit_normal"),
+    dict(objective="flow", interpolant="cosine", time_distribution="mode", time_shift=3.0),
+    dict(objective="edm", sigma_data=0.7),
 ])
 def test_exact_model_has_zero_loss_and_a_misread_time_does_not(diffusion):
   config = _config(**diffusion)
@@ -88,7 +101,9 @@ def test_sde_dsm_feeds_the_unet_t_times_999_and_ncsn_the_ladder_index():
 @pytest.mark.parametrize("objective, sampler", [
     ("sde_dsm", "pc"), ("sde_dsm", "ode"), ("sde_dsm", "dpm_solver_pp_2m"),
     ("sde_dsm", "edm_heun"), ("ncsn", "ald"), ("ncsn", "ddim"), ("ddpm", "dpm_solver_pp_2m"),
-    ("ddpm", "edm_heun"), ("ddpm", "heun"), ("ddpm", "pc"),
+    ("ddpm", "edm_heun"), ("ddpm", "heun"), ("ddpm", "pc"), ("flow", "euler"), ("flow", "ode"),
+    ("flow", "unipc"), ("flow", "ddim"), ("edm", "edm_heun"), ("edm", "dpm_solver_pp_2m"),
+    ("edm", "unipc"),
 ])
 def test_every_sampler_recovers_the_point_mass(objective, sampler):
   extra = dict(sigma_min=0.01, sigma_max=5.0, num_scales=5) if objective == "ncsn" else {}
@@ -134,8 +149,16 @@ def test_config_validation_of_objectives_and_eval():
       (dict(eval=dict(metrics=("fdi",))), r"config.eval.metrics=\('fdi',\)"),
       (dict(eval=dict(every=-1)), r"config.eval.every=-1"),
       (dict(eval=dict(metrics=("bpd",)), diffusion=dict(objective="sde_dsm"),
-            sample=dict(sampler="pc")), r"needs config.diffusion.objective='ddpm'"),
+            sample=dict(sampler="pc")), r"needs config.diffusion.objective in \('ddpm'"),
       (dict(eval=dict(metrics=("fid",))), r"needs config.eval.inception_weights"),
+      (dict(diffusion=dict(objective="flow", time_distribution="beta")),
+       r"config.diffusion.time_distribution='beta'"),
+      (dict(diffusion=dict(objective="flow", interpolant="vp")), r"config.diffusion.interpolant"),
+      (dict(diffusion=dict(objective="flow", time_shift=0.0)), r"shift must be positive"),
+      (dict(diffusion=dict(objective="edm", sigma_data=0.0)), r"config.diffusion.sigma_data=0.0"),
+      (dict(train=dict(posthoc_sigma_rels=(0.05, 0.4), posthoc_every=10)),
+       r"config.train.posthoc_sigma_rels: sigma_rel must lie in \(0, 0.3003\) .*got 0.4"),
+      (dict(train=dict(posthoc_sigma_rels=(0.05,))), r"config.train.posthoc_every=0; expected"),
   ]
   for sections, message in cases:
     config = schema.base_config()

@@ -175,7 +175,8 @@ def test_command_line_error_has_no_traceback():
   assert result.returncode == 2
   assert result.stderr.strip() == ("sample.py: error: --sampler 'nope' does not exist; "
                                    "choose one of ddpm, ddim, dpm_solver_pp_2m, edm_heun, pc, "
-                                   "ald, euler, heun, midpoint, ode, inpaint, sdedit")
+                                   "ald, euler, heun, midpoint, unipc, fewstep, ode, inpaint, "
+                                   "sdedit, d3pm, unmask")
 
 
 def test_training_logs_periodic_evaluation(workdir):

@@ -6,15 +6,16 @@ import ml_collections
 
 import flax.linen as nn
 
+from jaxdiff.config import categorical
 from jaxdiff.data.captions import CAPTION_SETS, CaptionSet
-from jaxdiff.models import DiT, UNet
+from jaxdiff.models import DiT, OneHotInput, TokenTransformer, UNet
 from jaxdiff.models.autoencoder import AutoencoderWithDiscriminator
 from jaxdiff.models.autoencoder_kl import AutoencoderKL
 from jaxdiff.models.discriminator import PatchDiscriminator
 from jaxdiff.models.text_encoder import TextConditioned, TextEncoder
 
 # config.model.name -> the module that config.model's other fields build.
-MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "dit": DiT}
+MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "dit": DiT, "transformer": TokenTransformer}
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -75,9 +76,11 @@ def optimizer_options(train_config: ml_collections.ConfigDict) -> dict[str, Any]
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
-  """`UNet(**config.model)` or `DiT(**config.model)`, as `config.model.name` says; with
-  `config.conditioner.name="text"` inside a `TextConditioned` with its TextEncoder; for
-  "autoencoder_kl" the autoencoder that run trains (`build_autoencoder`).
+  """`UNet(**config.model)`, `DiT(**config.model)` or `TokenTransformer(**config.model)`, as
+  `config.model.name` says; for a discrete objective ("d3pm", "masked") an image network
+  reads one-hot tokens (`OneHotInput`, its parameters under "backbone"); with
+  `config.conditioner.name="text"` that network sits inside a `TextConditioned` with its
+  TextEncoder; for "autoencoder_kl" the autoencoder that run trains (`build_autoencoder`).
 
   `name` passes through as the Flax module's name, which leaves its variables unchanged.
   """
@@ -87,6 +90,8 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
   if name not in MODELS:
     raise ValueError(f"config.model.name={name!r} is not one of {tuple(MODELS)}.")
   model = MODELS[name](**config.model)
+  if categorical.is_categorical(config) and name != "transformer":
+    model = OneHotInput(backbone=model, num_tokens=categorical.num_tokens(config.diffusion))
   if config.conditioner.name == "text":
     return TextConditioned(model, text_encoder(config))
   return model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxdiff.autoencoder import RECONSTRUCTION_LOSSES
-from jaxdiff.config import builders
+from jaxdiff.config import builders, categorical
 from jaxdiff.config.errors import ConfigError
 from jaxdiff.data.captions import CAPTION_SETS
 
@@ -68,6 +68,23 @@ def validate_latent(config: ml_collections.ConfigDict) -> None:
            f"config.autoencoder.scale_factor={section.scale_factor}; expected > 0 or None")
   _require(section.scale_examples >= 1,
            f"config.autoencoder.scale_examples={section.scale_examples}; expected >= 1")
+
+
+def validate_combination(config: ml_collections.ConfigDict) -> None:
+  """Latent runs and caption models are Gaussian diffusion of unconditioned images: neither
+  takes an image-to-image task (its conditions are pixels) or a discrete objective."""
+  if builders.is_latent(config):
+    what = "a latent run (config.autoencoder.workdir / latent_channels)"
+  elif config.conditioner.name is not None:
+    what = f"config.conditioner.name={config.conditioner.name!r}"
+  else:
+    return
+  _require(config.data.task.name is None,
+           f"{what} does not combine with an image-to-image task: config.data.task.name="
+           f"{config.data.task.name!r}; expected None")
+  _require(not categorical.is_categorical(config),
+           f"{what} does not combine with the discrete objective config.diffusion.objective="
+           f"{config.diffusion.objective!r}")
 
 
 def validate_conditioner(config: ml_collections.ConfigDict) -> None:

@@ -6,7 +6,9 @@ edm_heun, pc, ald, euler, heun, midpoint) runs on every objective's process, plu
 - "ode": the adaptive probability-flow solve (Tsit5, rtol = atol = 1e-3, diffrax);
 - "inpaint": ddpm with the known pixels of an image (inputs "image" and "mask"; RePaint's
   jump_length / resample_count);
-- "sdedit": ddpm started from a noised image (input "image"; strength).
+- "sdedit": ddpm started from a noised image (input "image"; strength);
+- "d3pm", "unmask": the samplers of the discrete objectives "d3pm" and "masked"
+  (`jaxdiff.config.categorical`), which take no Gaussian sampler.
 
 Any runner sampler also inpaints when given an image and a mask, and edits (SDEdit) when
 given an image alone. `check_fits` asks the runner itself whether a request can run, so the
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxdiff import samplers
-from jaxdiff.config import objectives
+from jaxdiff.config import categorical, objectives
 from jaxdiff.samplers import runner
 
 
@@ -40,6 +42,7 @@ SAMPLERS: dict[str, Entry] = {
     "ode": Entry("ode", summary="probability-flow ODE, adaptive Tsit5 (diffrax)"),
     "inpaint": Entry("ddpm", ("image", "mask"), "ddpm keeping the known pixels (RePaint)"),
     "sdedit": Entry("ddpm", ("image",), "ddpm from a noised image (SDEdit)"),
+    **{name: Entry(name, summary=summary) for name, summary in categorical.SAMPLERS.items()},
 }
 
 # Samplers that need nothing but the model: the choices of config.sample.sampler.
@@ -48,7 +51,8 @@ GRID_SAMPLERS = tuple(name for name, entry in SAMPLERS.items() if not entry.inpu
 
 def default_options(name: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The runner options a run's config sets for sampler ``name``: DDIM's eta, the ancestral
-  sampler's variance, ALD's step size and levels (NCSN's ladder: one level per scale)."""
+  sampler's variance, ALD's step size and levels (NCSN's ladder: one level per scale), and
+  the fewstep sampler's renoise (0 for a progressive-distillation student, 1 otherwise)."""
   sampler = SAMPLERS[name].sampler
   options: dict[str, Any] = {}
   if sampler == "ddim":
@@ -57,6 +61,8 @@ def default_options(name: str, config: ml_collections.ConfigDict) -> dict[str, A
     options["variance"] = config.diffusion.variance
   if sampler == "ald":
     options.update(step_lr=config.sample.ald_step_lr, denoise=True)
+  if sampler == "fewstep":  # A distilled student steps deterministically (DDIM).
+    options["renoise"] = 0.0 if config.distill.teacher_workdir is not None else 1.0
   return options
 
 
@@ -71,7 +77,7 @@ def grid_request(name: str, config: ml_collections.ConfigDict,
 
 def _probe(config: ml_collections.ConfigDict) -> Any:
   """The run's denoiser around a stand-in model (for checks that need no parameters)."""
-  learned = bool(config.model.learn_sigma)
+  learned = bool(config.model.get("learn_sigma", False))
   return objectives.denoiser_from_config(config.diffusion, _stand_in,
                                          learned_variance=learned)
 
@@ -88,6 +94,9 @@ def check_fits(name: str, config: ml_collections.ConfigDict, *,
   compilation."""
   if name not in SAMPLERS:
     raise ValueError(f"sampler {name!r} does not exist; choose one of {', '.join(SAMPLERS)}")
+  if categorical.is_categorical(config) or name in categorical.SAMPLERS:
+    categorical.check_sampler(name, config, num_steps)
+    return
   if SAMPLERS[name].sampler == "ode":
     return
   shape = (1, config.data.image_size, config.data.image_size, config.data.channels)

@@ -16,16 +16,17 @@ import ml_collections
 from ml_collections import config_dict
 
 
-MODEL_NAMES = ("unet", "dit", "autoencoder_kl")
+MODEL_NAMES = ("unet", "dit", "transformer", "autoencoder_kl")
 
 
 def model_config(name: str = "unet") -> ml_collections.ConfigDict:
   """The `config.model` section of the model called `name`, with its defaults.
 
-  `name` is "unet" (jaxdiff.models.UNet, the default), "dit" (jaxdiff.models.DiT) or
-  "autoencoder_kl" (jaxdiff.models.autoencoder_kl.AutoencoderKL: a run that trains the KL
-  autoencoder of latent diffusion, with `config.autoencoder`'s objective); the other fields
-  are exactly that module's keyword arguments. Locked, so a config file
+  `name` is "unet" (jaxdiff.models.UNet, the default), "dit" (jaxdiff.models.DiT),
+  "transformer" (jaxdiff.models.TokenTransformer, over the tokens of the discrete
+  objectives) or "autoencoder_kl" (jaxdiff.models.autoencoder_kl.AutoencoderKL: a run that
+  trains the KL autoencoder of latent diffusion, with `config.autoencoder`'s objective);
+  the other fields are exactly that module's keyword arguments. Locked, so a config file
   swaps models with `config.model = model_config("dit")` and then only updates fields. `name` is also a Flax Module
   field (the module's name, which leaves a top-level module's variables unchanged), so
   `UNet(**config.model)` and `DiT(**config.model)` build the model as they stand.
@@ -53,6 +54,11 @@ def model_config(name: str = "unet") -> ml_collections.ConfigDict:
         context_dim=config_dict.placeholder(int),
         transformer_resolutions=(),
         transformer_depth=1,
+        # Image-to-image models (config.data.task): the condition's channels, how the model
+        # resizes a lower-resolution condition, and CDM's augmentation-level embedding.
+        condition_channels=config_dict.placeholder(int),
+        condition_resize="cubic",
+        aug_level_embedding=False,
     ))
   elif name == "dit":  # DiT-S/2 (Peebles & Xie 2023, Table 4).
     section = ml_collections.ConfigDict(dict(
@@ -67,6 +73,18 @@ def model_config(name: str = "unet") -> ml_collections.ConfigDict:
         learn_sigma=False,
         dtype="float32",
         remat=False,
+    ))
+  elif name == "transformer":  # jaxdiff.models.TokenTransformer (discrete objectives).
+    section = ml_collections.ConfigDict(dict(
+        name="transformer",
+        num_tokens=config_dict.placeholder(int),   # K, plus 1 for a mask token.
+        out_channels=config_dict.placeholder(int),  # K * channels.
+        hidden_size=128,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=4.0,
+        num_classes=config_dict.placeholder(int),
+        dtype="float32",
     ))
   elif name == "autoencoder_kl":  # f = 4: three levels (Rombach et al. 2022, Table 8).
     section = ml_collections.ConfigDict(dict(
@@ -107,30 +125,82 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       variance="fixed_large",
       weighting=config_dict.placeholder(str),
       min_snr_gamma=5.0,
-      # The objective (jaxdiff.objectives): "ddpm" (discrete, the losses above), "sde_dsm"
-      # (continuous DSM, Song et al. 2021 eq. 7) or "ncsn" (Song & Ermon 2019).
+      # The objective (jaxdiff.config.objectives): "ddpm" (discrete, the losses above),
+      # "sde_dsm" (continuous DSM, Song et al. 2021 eq. 7), "ncsn" (Song & Ermon 2019),
+      # "flow" (flow matching, Lipman et al. 2023) or "edm" (Karras et al. 2022).
       objective="ddpm",
       sde="vpsde",               # sde_dsm: "vpsde", "subvpsde" or "vesde".
       beta_min=0.1,              # VP / sub-VP beta(t) range.
       beta_max=20.0,
-      sigma_min=0.01,            # VE SDE and NCSN noise ladder range.
+      sigma_min=0.01,            # VE SDE and NCSN noise ladder range; EDM sampling range.
       sigma_max=50.0,
       num_scales=1000,           # SDE discretization steps N (pc); NCSN ladder length L.
       likelihood_weighting=False,  # sde_dsm: lambda(t) = g(t)^2 (Song et al. 2021b).
       sde_eps=1e-5,              # sde_dsm: training times t ~ U(sde_eps, 1).
+      # Discrete-state objectives "d3pm" (Austin et al. 2021) and "masked" (MD4 / MDLM), on
+      # tokens 0..K-1 (jaxdiff.discrete, jaxdiff.config.categorical); num_timesteps is T.
+      num_categories=config_dict.placeholder(int),  # K; uint8 level round(k * 255 / (K-1)).
+      kernel="uniform",          # d3pm: "uniform", "absorbing" (adds the mask K), "gaussian".
+      kernel_schedule="cosine",  # d3pm betas: "cosine", "jsd" or "linear" (start..end).
+      kernel_beta_start=0.02,
+      kernel_beta_end=1.0,
+      discrete_loss="hybrid",    # d3pm: "hybrid" (L_vb + hybrid_coeff * CE), "kl" or "ce".
+      hybrid_coeff=0.001,
+      masking="linear",          # masked: alpha(t) "linear", "cosine" or "poly" (1 - t^w).
+      masking_exponent=1.0,      # masked "poly": w.
+      # objective "flow" (jaxdiff.flow): the interpolant and the training-time distribution.
+      interpolant="linear",      # "linear" (rectified flow) or "cosine" (trigonometric).
+      time_distribution="uniform",  # "uniform", "logit_normal" or "mode" (Esser et al. 2024).
+      logit_mean=0.0,            # logit_normal: t = sigmoid(logit_mean + logit_std n).
+      logit_std=1.0,
+      mode_scale=1.29,           # mode: the scale s of Esser et al.'s eq. 20.
+      time_shift=1.0,            # t -> shift t / (1 + (shift - 1) t) (eq. 23); 1 = none.
+      # objective "edm" (jaxdiff.edm, Karras et al. 2022 Table 1); sigma_min / sigma_max above
+      # bound its sampling grid.
+      sigma_data=0.5,            # Standard deviation of the data (edm, consistency).
+      p_mean=-1.2,               # Training noise levels ln(sigma) ~ N(p_mean, p_std^2).
+      p_std=1.2,
+      # consistency_training (jaxdiff.consistency): the model lives on EDM's sigma axis
+      # [sigma_min, sigma_max] (set them to 0.002, 80), with these choices of Song et al.
+      # 2023 ("ct") or of improved CT (Song & Dhariwal 2024, "ict").
+      rho=7.0,                   # Karras et al.'s spacing of the N(k) levels.
+      curriculum="ict",          # "ict": doubling N(k), lognormal p(n), 1/gap weights;
+                                 # "ct": Song et al. 2023's N(k), uniform p(n), weight 1.
+      curriculum_steps=1,        # K of N(k): the step at which N(k) reaches ct_s1 + 1.
+      ct_s0=10,                  # N(0) = ct_s0 (+ 1 for "ict").
+      ct_s1=1280,                # The final N(K) = ct_s1 + 1.
+      ct_p_mean=-1.1,            # "ict": lognormal choice of the levels.
+      ct_p_std=2.0,
+      ct_metric="pseudo_huber",  # "pseudo_huber" (c = 0.00054 sqrt(d)) or "l2".
+      cd_solver="heun",          # consistency_distillation: the teacher's ODE step.
   ))
 
   config.data = ml_collections.ConfigDict(dict(
-      source="tfds",             # "tfds": a TFDS dataset by name; "idx": local IDX files.
+      source="tfds",             # "tfds" (by name), "idx" (local IDX files), "photos",
+                                 # "words" (a word list as token grids, jaxdiff.data.words).
       name="sklearn_digits",     # TFDS name (jaxdiff registers "sklearn_digits").
       split="train",
       data_dir=config_dict.placeholder(str),  # TFDS data_dir; None = TFDS's default.
       download=True,             # Let TFDS download_and_prepare when not yet prepared.
       idx_dir=config_dict.placeholder(str),   # Folder of IDX files for source="idx".
+      word_list="/usr/share/dict/words",      # source="words": one word a line.
+      quantize=False,            # Discrete objectives: round the 8-bit levels to K levels
+                                 # (else the data must hold exactly K levels).
       image_size=16,             # Images are centre-cropped to a square and resized to this.
       channels=1,
       random_flip=False,         # Random horizontal flips.
       prefetch=2,                # Batches prepared ahead and placed on the devices.
+      # An image-to-image task (jaxdiff.data.tasks): the batches carry its condition.
+      task=ml_collections.ConfigDict(dict(
+          name=config_dict.placeholder(str),  # None (unconditional) or a task of TASKS.
+          factor=4,                # super_resolution: the downsampling factor.
+          downsample="area",       # super_resolution: "area" or "bicubic".
+          mask="box",              # inpainting: "box" or "free_form".
+          uncrop="half",           # uncropping: "half" or "quarter".
+          jpeg_quality=(5, 30),    # jpeg_restoration: quality uniform in [lo, hi].
+          augment_max=0.0,         # CDM noise augmentation: level s ~ U(0, augment_max).
+          condition_dropout=0.0,   # P(condition -> zeros), for classifier-free guidance.
+      )),
   ))
 
   config.train = ml_collections.ConfigDict(dict(
@@ -146,6 +216,11 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       b2=0.999,
       eps=1e-8,
       ema_decay=0.9999,
+      # Post-hoc EMA (Karras et al. 2024; jaxdiff.ema): the power-function EMA profiles
+      # tracked beside ema_decay's, by their relative std sigma_rel (EDM2: (0.05, 0.10));
+      # () = off. Snapshots of them every posthoc_every steps go to WORKDIR/posthoc_ema/.
+      posthoc_sigma_rels=(),
+      posthoc_every=0,
       label_dropout=0.0,         # Classifier-free guidance: P(label -> null label).
       log_every=100,
       checkpoint_every=5000,
@@ -165,6 +240,17 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
       clip_denoised=True,
       seed=0,
       ald_step_lr=2e-5,          # ald: Langevin step size at the smallest sigma.
+      aug_level=0.0,             # Image-to-image: the condition's augmentation level s.
+  ))
+
+  # Progressive distillation (jaxdiff.distillation, jaxdiff.job.distill): a round trains a
+  # student initialised from the teacher's EMA parameters, with the teacher's diffusion,
+  # model and data sections, to take student_steps steps of the "nested" grid where the
+  # teacher took twice as many. Consistency distillation reads its teacher (a run of any
+  # other objective with the same image shape) from teacher_workdir too.
+  config.distill = ml_collections.ConfigDict(dict(
+      teacher_workdir=config_dict.placeholder(str),  # None = not a distillation run.
+      student_steps=config_dict.placeholder(int),    # N; half the teacher's (if distilled).
   ))
 
   # Periodic evaluation during training (jaxdiff.job.evaluation.evaluate_during_training).

@@ -15,31 +15,39 @@ from typing import Any
 
 import ml_collections
 
-from jaxdiff import diffusion, losses, schedules
-from jaxdiff.config import latent_checks, objectives, sampling
+from jaxdiff import consistency, diffusion, ema, flow, losses, processes, schedules
+from jaxdiff.config import builders, categorical, latent_checks, objectives, sampling
 from jaxdiff.config.errors import ConfigError
+from jaxdiff.data import tasks
 from jaxdiff.config.schema import MODEL_NAMES, base_config, model_config
 from jaxdiff.evaluation import METRICS
 
 _CHOICES = {
     ("diffusion", "objective"): objectives.OBJECTIVES,
     ("diffusion", "sde"): objectives.SDES,
+    ("diffusion", "curriculum"): objectives.CURRICULA,
+    ("diffusion", "ct_metric"): objectives.CT_METRICS,
+    ("diffusion", "cd_solver"): consistency.SOLVERS,
     ("diffusion", "schedule"): schedules.SCHEDULE_KINDS,
     ("diffusion", "prediction"): diffusion.PREDICTIONS,
     ("diffusion", "loss_type"): losses.LOSS_TYPES,
     ("diffusion", "variance"): diffusion.VARIANCES,
     ("diffusion", "weighting"): losses.WEIGHTINGS,
-    ("data", "source"): ("tfds", "idx"),
+    ("diffusion", "interpolant"): processes.INTERPOLANTS,
+    ("diffusion", "time_distribution"): flow.TIME_DISTRIBUTIONS,
+    ("data", "source"): ("tfds", "idx", "photos", "words"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("sample", "sampler"): sampling.GRID_SAMPLERS,
     ("model", "dtype"): ("float32", "bfloat16"),
 }
 _LEARNED_VARIANCES = ("learned", "learned_range")
+BPD_OBJECTIVES = ("ddpm",) + categorical.OBJECTIVES  # objectives with a test-set bound
 _POSITIVE_INTS = (
     ("data", "image_size"), ("data", "channels"), ("train", "batch_size"),
     ("train", "num_steps"), ("train", "log_every"), ("train", "checkpoint_every"),
     ("train", "keep_checkpoints"), ("sample", "num_samples"), ("diffusion", "num_timesteps"),
     ("diffusion", "num_scales"), ("eval", "num_samples"), ("eval", "bpd_examples"),
+    ("diffusion", "curriculum_steps"), ("diffusion", "ct_s0"), ("diffusion", "ct_s1"),
 )
 _INCREASING = (("diffusion", "beta_min", "beta_max"), ("diffusion", "sigma_min", "sigma_max"))
 
@@ -122,11 +130,30 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
     return
   latent_checks.validate_latent(config)
   latent_checks.validate_conditioner(config)
+  latent_checks.validate_combination(config)
+  _validate_variance_and_labels(config)
+  try:
+    categorical.validate(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _validate_objective(config)
+  _validate_eval(config.eval, objective=config.diffusion.objective,
+                 source=config.data.source)
+  try:
+    _validate_task(config)
+  except ValueError as e:  # Task.check's and _validate_task's messages, as one ConfigError.
+    raise ConfigError(str(e).rstrip(".") + ".") from None
+
+
+def _validate_variance_and_labels(config: ml_collections.ConfigDict) -> None:
+  """A learned variance exactly when the model learns sigma; label dropout only for a
+  conditional model (class labels or a conditioner)."""
   learned = config.diffusion.variance in _LEARNED_VARIANCES
-  if learned != bool(config.model.learn_sigma):
+  learn_sigma = config.model.get("learn_sigma", False)
+  if learned != bool(learn_sigma) and not categorical.is_categorical(config):
     raise ConfigError(
         f"config.diffusion.variance={config.diffusion.variance!r} needs "
-        f"config.model.learn_sigma={learned}, got {config.model.learn_sigma}.")
+        f"config.model.learn_sigma={learned}, got {learn_sigma}.")
   if config.diffusion.loss_type == "hybrid" and not learned:
     raise ConfigError(
         "config.diffusion.loss_type='hybrid' trains the variance; it needs "
@@ -138,8 +165,35 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
     raise ConfigError(
         f"config.train.label_dropout={config.train.label_dropout} needs a conditional "
         "model: set config.model.num_classes or config.conditioner.name.")
-  _validate_objective(config)
-  _validate_eval(config.eval, objective=config.diffusion.objective)
+
+
+def _validate_task(config: ml_collections.ConfigDict) -> None:
+  """config.data.task fits the data (`Task.check`) and the model conditions on it: a U-Net
+  with condition_channels of the task's condition and the augmentation-level embedding
+  exactly when the task augments."""
+  task = tasks.task_from_config(config.data)
+  model = config.model
+  if task is None:
+    if model.get("condition_channels") is not None:
+      raise ValueError(f"config.model.condition_channels={model.condition_channels} needs an "
+                       "image-to-image task: set config.data.task.name")
+    return
+  image_shape = builders.image_shape(config)
+  task.check(image_shape)
+  if model.name != "unet":
+    raise ValueError(f"config.data.task.name={task.name!r} needs the U-Net "
+                     f"(config.model.name='unet'), not {model.name!r}")
+  channels = task.condition_shape(image_shape)[-1]
+  if model.condition_channels != channels:
+    raise ValueError(f"config.data.task.name={task.name!r} gives conditions of {channels} "
+                     f"channel(s); set config.model.condition_channels={channels}, not "
+                     f"{model.condition_channels}")
+  if model.aug_level_embedding != (task.augment_max > 0):
+    raise ValueError(f"config.model.aug_level_embedding={model.aug_level_embedding} must be "
+                     f"{task.augment_max > 0} when config.data.task.augment_max="
+                     f"{task.augment_max}")
+  if not 0.0 <= config.sample.aug_level <= 1.0:
+    raise ValueError(f"config.sample.aug_level={config.sample.aug_level}; expected [0, 1]")
 
 
 def _validate_optimizer(train_config: ml_collections.ConfigDict) -> None:
@@ -166,8 +220,30 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
     if not 0 < low_value < high_value:
       raise ConfigError(f"config.{section}.{low}={low_value}, config.{section}.{high}="
                        f"{high_value}; expected 0 < {low} < {high}.")
+  if (config.diffusion.objective == "consistency_distillation") != (
+      config.distill.teacher_workdir is not None) and config.diffusion.objective in (
+          objectives.CONSISTENCY):
+    raise ConfigError("config.diffusion.objective='consistency_distillation' needs "
+                      "config.distill.teacher_workdir (a trained run), and "
+                      "'consistency_training' takes none.")
+  if config.diffusion.ct_s0 > config.diffusion.ct_s1:
+    raise ConfigError(f"config.diffusion.ct_s0={config.diffusion.ct_s0} exceeds "
+                      f"config.diffusion.ct_s1={config.diffusion.ct_s1}; expected "
+                      "ct_s0 <= ct_s1 (the first and the last N(k) - 1).")
   if not 0.0 < config.diffusion.sde_eps < 1.0:
     raise ConfigError(f"config.diffusion.sde_eps={config.diffusion.sde_eps}; expected (0, 1).")
+  diffusion_config = config.diffusion
+  try:
+    flow.check_time_options(diffusion_config.time_distribution,
+                            scale=diffusion_config.logit_std,
+                            mode_scale=diffusion_config.mode_scale,
+                            shift=diffusion_config.time_shift)
+  except ValueError as e:
+    raise ConfigError(f"config.diffusion: {e}.") from None
+  for field in ("sigma_data", "p_std"):
+    if not diffusion_config[field] > 0:
+      raise ConfigError(f"config.diffusion.{field}={diffusion_config[field]}; expected > 0.")
+  _validate_posthoc(config.train)
   num_steps = config.sample.num_steps
   try:
     sampling.check_fits(config.sample.sampler, config, num_steps=num_steps)
@@ -176,7 +252,24 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.sample.sampler={config.sample.sampler!r}{steps}: {e}.") from None
 
 
-def _validate_eval(eval_config: ml_collections.ConfigDict, *, objective: str) -> None:
+def _validate_posthoc(train_config: ml_collections.ConfigDict) -> None:
+  """Post-hoc EMA: sigma_rels in range (`jaxdiff.ema`) and a snapshot period when tracked."""
+  for value in train_config.posthoc_sigma_rels:
+    try:
+      ema.sigma_rel_to_gamma(value)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"config.train.posthoc_sigma_rels: {e}.") from None
+  every = train_config.posthoc_every
+  tracked = bool(train_config.posthoc_sigma_rels)
+  if not isinstance(every, int) or isinstance(every, bool) or every < 0 or (
+      tracked and every == 0):
+    raise ConfigError(f"config.train.posthoc_every={every!r}; expected a positive integer (steps "
+                     "between post-hoc EMA snapshots) when config.train.posthoc_sigma_rels is "
+                     "set, else 0.")
+
+
+def _validate_eval(eval_config: ml_collections.ConfigDict, *, objective: str,
+                   source: str) -> None:
   """config.eval: a non-negative period and known metrics that this objective supports."""
   every = eval_config.every
   if not isinstance(every, int) or isinstance(every, bool) or every < 0:
@@ -185,9 +278,12 @@ def _validate_eval(eval_config: ml_collections.ConfigDict, *, objective: str) ->
   if unknown or not eval_config.metrics:
     raise ConfigError(f"config.eval.metrics={tuple(eval_config.metrics)!r}; expected a "
                      f"non-empty subset of {METRICS}.")
-  if "bpd" in eval_config.metrics and objective != "ddpm":
-    raise ConfigError(f"config.eval.metrics has 'bpd', the discrete variational bound; it "
-                     f"needs config.diffusion.objective='ddpm', not {objective!r}.")
+  if "bpd" in eval_config.metrics and objective not in BPD_OBJECTIVES:
+    raise ConfigError(f"config.eval.metrics has 'bpd', a variational bound; it needs "
+                      f"config.diffusion.objective in {BPD_OBJECTIVES}, not {objective!r}.")
+  if "words" in eval_config.metrics and source != "words":
+    raise ConfigError(f"config.eval.metrics has 'words', which scores samples of a word list; "
+                      f"it needs config.data.source='words', not {source!r}.")
   if "fid" in eval_config.metrics and not eval_config.inception_weights:
     raise ConfigError("config.eval.metrics has 'fid'; it needs config.eval.inception_weights, "
                      "the FID Inception .npz.")

@@ -1,7 +1,9 @@
 """A deterministic input pipeline: the batch of step s is a function of (seed, s) only.
 
 Examples are visited epoch by epoch in the order of a fresh permutation per epoch
-(NumPy's PCG64 seeded with (seed, 0, epoch)); random flips use (seed, 1, step). So a run
+(NumPy's PCG64 seeded with (seed, 0, epoch)); random flips use (seed, 1, step); the
+degradation of an image-to-image task (`jaxdiff.data.tasks`) of the example at position i
+of the global batch uses (seed, 2, step, i). So a run
 resumed at step s reads exactly the batches an uninterrupted run reads, and the data
 position to checkpoint is the step itself. Each process reads only its own rows of every
 global batch and places them on its devices; batches are prepared ahead in a thread.
@@ -17,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from jaxdiff import images as images_lib
+from jaxdiff.data import tasks as tasks_lib
 from jaxdiff.data.sources import ImageSource
 
 
@@ -54,10 +57,24 @@ def center_crop_resize(image: np.ndarray, *, size: int) -> np.ndarray:
   return resized.reshape(size, size, channels)
 
 
+def task_inputs(task: tasks_lib.Task, images: np.ndarray, *, step: int, seed: int,
+                positions: np.ndarray) -> dict[str, np.ndarray]:
+  """The task's "condition" [n, h, w, c] of clean images [n, H, W, C] at global batch
+  positions ``positions`` of step ``step`` (`Task.training_pair`), and its "aug_level" [n]
+  when the task augments (augment_max > 0)."""
+  pairs = [task.training_pair(image, np.random.default_rng([seed, 2, step, int(i)]))
+           for image, i in zip(images, positions)]
+  inputs = {"condition": np.stack([c for c, _ in pairs])}
+  if task.augment_max > 0:
+    inputs["aug_level"] = np.asarray([level for _, level in pairs], np.float32)
+  return inputs
+
+
 def host_batch(source: ImageSource, *, step: int, seed: int, batch_size: int,
-               rows: slice, image_size: int, channels: int,
-               random_flip: bool) -> dict[str, np.ndarray]:
-  """This process's `rows` of global batch `step`: images [n, S, S, C] in [-1, 1], labels."""
+               rows: slice, image_size: int, channels: int, random_flip: bool,
+               task: tasks_lib.Task | None = None) -> dict[str, np.ndarray]:
+  """This process's `rows` of global batch `step`: images [n, S, S, C] in [-1, 1], labels,
+  and with a `task` its "condition" and "aug_level" (`task_inputs`)."""
   indices = global_batch_indices(num_examples=len(source), batch_size=batch_size,
                                  step=step, seed=seed)[rows]
   images, labels = source.read(indices)
@@ -74,6 +91,9 @@ def host_batch(source: ImageSource, *, step: int, seed: int, batch_size: int,
                               batch["image"])
   if labels is not None:
     batch["label"] = labels
+  if task is not None:
+    batch.update(task_inputs(task, batch["image"], step=step, seed=seed,
+                             positions=np.arange(batch_size)[rows]))
   return batch
 
 
@@ -96,14 +116,16 @@ def device_batches(source: ImageSource, data_config: ml_collections.ConfigDict, 
                    sharding: jax.sharding.Sharding) -> Iterator[dict[str, jax.Array]]:
   """Yields global batches for steps start_step..num_steps-1, sharded by `sharding`.
 
-  `data_config.prefetch` batches are read, preprocessed and transferred ahead of use.
+  `data_config.prefetch` batches are read, preprocessed and transferred ahead of use;
+  `data_config.task` names the image-to-image task whose inputs the batches carry.
   """
   rows = process_rows(sharding, batch_size)
+  task = tasks_lib.task_from_config(data_config)
 
   def load(step: int) -> dict[str, jax.Array]:
     local = host_batch(source, step=step, seed=seed, batch_size=batch_size, rows=rows,
                        image_size=data_config.image_size, channels=data_config.channels,
-                       random_flip=data_config.random_flip)
+                       random_flip=data_config.random_flip, task=task)
     return {key: jax.make_array_from_process_local_data(
         sharding, value, (batch_size,) + value.shape[1:]) for key, value in local.items()}
 

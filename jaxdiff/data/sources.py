@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
 from jaxdiff.data import digits_builder  # pylint: disable=unused-import (registers it)
-from jaxdiff.data import idx
+from jaxdiff.data import idx, photos, words
 
 
 class ImageSource(Protocol):
@@ -150,11 +150,18 @@ def tfds_source(name: str, *, split: str, data_dir: str | None = None,
 
 
 def make_source(data_config: ml_collections.ConfigDict) -> ImageSource:
-  """Builds the source described by `config.data` (source "tfds" or "idx")."""
+  """Builds the source described by `config.data` (source "tfds", "idx", "photos" or
+  "words")."""
+  if data_config.source == "words":
+    return words.WordSource.from_file(data_config.word_list, split=data_config.split,
+                                      size=data_config.image_size)
   if data_config.source == "idx":
     images, labels = idx.load_idx_split(data_config.idx_dir, split=data_config.split)
     return ArraySource(images, labels)
+  if data_config.source == "photos":
+    return ArraySource(photos.photo_patches(split=data_config.split))
   if data_config.source == "tfds":
     return tfds_source(data_config.name, split=data_config.split,
                        data_dir=data_config.data_dir, download=data_config.download)
-  raise ValueError(f"config.data.source={data_config.source!r} is not 'tfds' or 'idx'.")
+  raise ValueError(f"config.data.source={data_config.source!r} is not 'tfds', 'idx', "
+                   "'photos' or 'words'.")

@@ -56,17 +56,28 @@ def dataset_bpd(apply_fn: ApplyFn, params: Any, schedule: Schedule, images: np.n
   function object (e.g. `model.apply`) to reuse the compilation. `p_mean_variance_kwargs` (prediction, variance,
   clip_denoised) pass to `losses.calc_bpd`. Needs N >= 2 for the standard error.
   """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  params = jax.device_put(params, parallel.replicated(mesh))
+  options = tuple(sorted(p_mean_variance_kwargs.items()))
+  return dataset_bound(
+      lambda batch, key: _batch_bpd(params, schedule, batch, key, apply_fn=apply_fn,
+                                    options=options),
+      images, rng=rng, batch_size=batch_size, mesh=mesh, on_batch=on_batch)
+
+
+def dataset_bound(batch_bound: Callable[[jax.Array, jax.Array], dict[str, jax.Array]],
+                  images: np.ndarray, *, rng: jax.Array, batch_size: int,
+                  mesh: Optional[Mesh] = None,
+                  on_batch: Optional[Callable[[int, int], None]] = None) -> BpdResult:
+  """The data set's mean bound and its standard error from ``batch_bound(batch, key) ->
+  {"total_bpd": [b], "prior_bpd": [b], "vb": [b, T]}`` of any model family, over float
+  `images` [N >= 2, H, W, C] in sharded batches (batch i with key `fold_in(rng, i)`)."""
   images = np.asarray(images)
   if images.ndim != 4 or len(images) < 2 or not np.issubdtype(images.dtype, np.floating):
     raise ValueError(f"dataset_bpd: expected images [N >= 2, H, W, C] of floats in [-1, 1], "
                      f"got {images.dtype} {images.shape}")
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  params = jax.device_put(params, parallel.replicated(mesh))
-  options = tuple(sorted(p_mean_variance_kwargs.items()))
-  terms = map_batches(
-      lambda batch, index: _batch_bpd(params, schedule, batch, jax.random.fold_in(rng, index),
-                                      apply_fn=apply_fn, options=options),
-      images, batch_size=batch_size, mesh=mesh, on_batch=on_batch)
+  terms = map_batches(lambda batch, index: batch_bound(batch, jax.random.fold_in(rng, index)),
+                      images, batch_size=batch_size, mesh=mesh, on_batch=on_batch)
   total = terms["total_bpd"].astype(np.float64)
   return BpdResult(bpd=float(total.mean()),
                    stderr=float(total.std(ddof=1) / math.sqrt(len(total))),

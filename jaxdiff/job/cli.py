@@ -18,6 +18,8 @@ import numpy as np
 
 from jaxdiff import images, parallel
 from jaxdiff.config import builders, sampling, schema
+from jaxdiff.data import tasks, words
+from jaxdiff.discrete import levels
 from jaxdiff.job import checkpoints, generation, latents
 from jaxdiff.models import diffusers_scheduler, pretrained
 
@@ -154,6 +156,111 @@ def load_guide(image_path: str | None, mask_path: str | None, image_shape: tuple
   return guide, mask
 
 
+def _read_conditions(path: str, task: tasks.Task, image_shape: tuple[int, int, int],
+                     mask_path: str | None) -> np.ndarray:
+  """Conditions [N, h, w, c] in [-1, 1] from an .npz ("conditions" or "images": uint8, or
+  floats in [-1, 1]; never unpickled) or an image file (with --mask for a masked task)."""
+  if not os.path.isfile(path):
+    raise CliError(f"--condition: no file at {path!r}")
+  height, width, channels = task.condition_shape(image_shape)
+  masked = task.name in ("inpainting", "uncropping")
+  if path.endswith(".npz"):
+    with np.load(path, allow_pickle=False) as data:
+      key = "conditions" if "conditions" in data else "images"
+      if key not in data:
+        raise CliError(f"--condition {path!r} holds no 'conditions' or 'images' array")
+      array = data[key]
+    array = images.from_uint8(array) if array.dtype == np.uint8 else array.astype(np.float32)
+  else:
+    if masked and mask_path is None:
+      raise CliError(f"--condition {path!r} of the {task.name} task needs --mask (white = known)")
+    array = images.from_uint8(images.load_png(path, channels=channels - masked))
+    if masked:
+      mask = images.load_png(mask_path, channels=1)[..., 0] >= 128
+      if mask.shape != array.shape[:2]:
+        raise CliError(f"--mask is {mask.shape[0]}x{mask.shape[1]}; expected "
+                       f"{array.shape[0]}x{array.shape[1]} like --condition")
+      array = tasks.masked_condition(array, mask)
+  array = array[None] if array.ndim == 3 else array
+  if array.ndim != 4 or array.shape[1:] != (height, width, channels):
+    raise CliError(f"--condition {path!r} holds conditions of shape {array.shape[1:]}; the "
+                   f"{task.name} task of this run expects {height}x{width}x{channels}")
+  return array
+
+
+def conditions_and_references(args: argparse.Namespace, config: ml_collections.ConfigDict
+                              ) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """An image-to-image run's conditions (--condition, else the first --num_samples images of
+  the test split degraded by the task) and the references (the clean test images; None for
+  --condition); (None, None) for any other run."""
+  task = tasks.task_from_config(config.data)
+  if task is None:
+    if args.condition is not None:
+      raise CliError("--condition needs an image-to-image run (config.data.task.name is None)")
+    return None, None
+  if args.reference is not None:
+    raise CliError("--reference (ILVR) guides unconditional runs; this one has the task "
+                   f"{task.name!r}: give --condition")
+  if args.condition is not None:
+    return _read_conditions(args.condition, task, builders.image_shape(config), args.mask), None
+  try:
+    return generation.test_conditions(config, args.num_samples)
+  except (OSError, ValueError) as e:
+    raise CliError(f"test conditions of {config.data.name!r}: {e}") from None
+
+
+def load_cascade(args: argparse.Namespace, mesh: Any, config: ml_collections.ConfigDict,
+                 model: Any, params: Any) -> list[tuple[ml_collections.ConfigDict, Any, Any]]:
+  """The stages (config, model, params) of --workdir and then --cascade's workdirs, checked
+  to chain (`generation.check_cascade`) before anything compiles."""
+  stages = [(config, model, params)]
+  for workdir in args.cascade or ():
+    stage_config, restored = load_run(workdir, step=None, mesh=mesh)
+    params = restored.state.ema_params if args.ema else restored.state.params
+    stages.append((stage_config, builders.build_model(stage_config), params))
+  try:
+    generation.check_cascade([stage[0] for stage in stages])
+  except ValueError as e:
+    raise CliError(f"--cascade: {e}") from None
+  return stages
+
+
+def write_samples(stem: str, samples: np.ndarray, request: generation.Request,
+                  config: ml_collections.ConfigDict, *, references: np.ndarray | None,
+                  rows: int | None) -> tuple[str, str]:
+  """Writes stem.png (stem.txt of words for a word-list run) and stem.npz ("images" uint8,
+  "labels"; for a conditioned run also the "inputs" and "references" and a PNG of input |
+  output | reference rows); returns the two paths."""
+  outputs = images.to_uint8(samples)
+  extra, columns = {}, [outputs]
+  if request.conditions is not None:
+    task = tasks.task_from_config(config.data)
+    shown = np.resize(request.conditions, (len(samples),) + request.conditions.shape[1:])
+    shown = task.display(shown, samples.shape[-1]) if task else shown
+    extra["inputs"] = images.to_uint8(shown)
+    columns = [extra["inputs"], outputs]
+  if references is not None:
+    extra["references"] = images.to_uint8(references)
+    columns.append(extra["references"])
+  grid = outputs if len(columns) == 1 else images.side_by_side(columns)
+  shown_path, npz_path = stem + ".png", stem + ".npz"
+  if config.data.source == "words":
+    shown_path = stem + ".txt"
+    _write_words(shown_path, outputs)
+  else:
+    images.save_grid(shown_path, grid, rows=rows)
+  images.save_npz(npz_path, outputs, labels=request.labels, extra=extra)
+  return shown_path, npz_path
+
+
+def _write_words(path: str, samples: np.ndarray) -> None:
+  """The words of a word-list run's uint8 samples, one a line (a malformed sample as its
+  letters with "." for the end token)."""
+  with open(path, "w") as f:
+    f.writelines(line + "\n" for line in words.render(
+        np.asarray(levels.uint8_to_tokens(samples, words.NUM_TOKENS))))
+
+
 def load_pretrained_run(directory: str) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
   """A diffusers UNet2DModel folder as a run: (config, module, params, schedule).
 
@@ -212,10 +319,14 @@ def _runner_options(args: argparse.Namespace) -> dict:
   return {**({"eta": args.eta} if eta else {}), **(repaint if args.mask else {})}
 
 
-def sampling_request(args: argparse.Namespace, config: ml_collections.ConfigDict
+def sampling_request(args: argparse.Namespace, config: ml_collections.ConfigDict,
+                     conditions: np.ndarray | None = None, *,
+                     augmented: list[ml_collections.ConfigDict] | None = None
                      ) -> generation.Request:
-  """The generation request of sample.py's command line over config.sample's defaults,
-  checked (missing inputs, options the sampler cannot run) before anything compiles."""
+  """The generation request of sample.py's command line over config.sample's defaults (with
+  an image-to-image run's `conditions`), checked (missing inputs, options the sampler
+  cannot run) before anything compiles. `augmented`: the configs that --aug_level applies
+  to (a cascade's super-resolution stages; default: `config`)."""
   for name in sampling.SAMPLERS[args.sampler].inputs:
     if getattr(args, name) is None:
       raise CliError(f"--sampler {args.sampler} needs --{name}")
@@ -227,13 +338,23 @@ def sampling_request(args: argparse.Namespace, config: ml_collections.ConfigDict
   if args.rows is not None and not 1 <= args.rows <= args.num_samples:
     raise CliError(f"--rows must be in [1, {args.num_samples}], got {args.rows}")
   options = _runner_options(args)
+  augmented = [config] if augmented is None else augmented
+  if args.aug_level is not None and not all(c.model.get("aug_level_embedding")
+                                            for c in augmented):
+    raise CliError("--aug_level needs a model trained with noise-conditioning augmentation "
+                   "(config.model.aug_level_embedding)")
+  if (args.reference is None) != (args.ilvr_factor is None):
+    raise CliError("ILVR needs both --reference (an image) and --ilvr_factor (N)")
   try:
     sampling.check_fits(args.sampler, config, num_steps=args.num_steps,
                         **{k: v for k, v in options.items() if k == "eta"})
   except ValueError as e:
     raise CliError(f"--sampler {args.sampler}: {e}") from None
-  guide, mask = load_guide(args.image, args.mask, (config.data.image_size,) * 2
-                           + (config.data.channels,))
+  image_shape = builders.image_shape(config)
+  guide, mask = load_guide(args.image, None if conditions is not None else args.mask,
+                           image_shape)
+  reference = None if args.reference is None else images.from_uint8(_load_image(
+      args.reference, "--reference", channels=image_shape[2], size=image_shape[:2]))
   return generation.request_from_config(
       config, num_samples=args.num_samples,
       batch_size=min(args.batch_size or 256, args.num_samples), sampler=args.sampler,
@@ -245,4 +366,6 @@ def sampling_request(args: argparse.Namespace, config: ml_collections.ConfigDict
       guidance_scale=config.sample.guidance_scale if args.guidance_scale is None
       else args.guidance_scale,
       clip_denoised=config.sample.clip_denoised and not args.no_clip,
-      options=tuple(options.items()))
+      options=tuple(options.items()), conditions=conditions,
+      aug_level=config.sample.aug_level if args.aug_level is None else args.aug_level,
+      reference=reference, ilvr_factor=args.ilvr_factor)

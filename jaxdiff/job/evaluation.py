@@ -3,8 +3,9 @@ test-set bits/dim, for `python -m jaxdiff.evaluate` and for periodic use during 
 
 Metric names: "bpd" (the variational bound, `jaxdiff.evaluation.bpd`), "fid" (FID and
 Inception Score with the FID InceptionV3, Heusel et al. 2017 / Salimans et al. 2016; needs
-a local weights file) and "classifier_fd" (the Frechet distance in the features of a small
-classifier trained on the data set, `jaxdiff.evaluation.classifier`). Reference statistics
+a local weights file), "classifier_fd" (the Frechet distance in the features of a small
+classifier trained on the data set, `jaxdiff.evaluation.classifier`) and "words" (samples
+of a word-list run against the list and n-gram baselines, `jaxdiff.evaluation.words`). Reference statistics
 and the classifier are cached under `cache_dir` (default $JAXDIFF_CACHE or
 ~/.cache/jaxdiff), keyed by data set, resolution and the weights they were computed with.
 """
@@ -23,18 +24,23 @@ import ml_collections
 import numpy as np
 
 from jaxdiff import images
-from jaxdiff.config import builders, objectives
+from jaxdiff.config import builders, categorical, objectives
+from jaxdiff.data import ArraySource, tasks
+from jaxdiff.data import words as word_data
+from jaxdiff.discrete import levels
 from jaxdiff.evaluation import bpd as bpd_lib
-from jaxdiff.evaluation import METRICS, frechet, inception
+from jaxdiff.evaluation import METRICS, frechet, inception, restoration
 from jaxdiff.evaluation.classifier import TrainedClassifier, load_or_train_classifier
 from jaxdiff.evaluation.datasets import load_images
 from jaxdiff.evaluation.inception_score import inception_score
+from jaxdiff.evaluation.words import bigram_words, unigram_words, word_statistics
 from jaxdiff.job import generation, latents, runtime
 
 # The metrics of `python -m jaxdiff.evaluate`: METRICS (also for config.eval during training),
-# "reconstruction" (an autoencoder run's PSNR and latent statistics) and "prompt_accuracy"
-# (how often a classifier trained on the data recognizes the class a sample was asked for).
-TOOL_METRICS = METRICS + ("reconstruction", "prompt_accuracy")
+# "restoration" (a sample.py .npz of an image-to-image run), "reconstruction" (an
+# autoencoder run's PSNR and latent statistics) and "prompt_accuracy" (how often a
+# classifier trained on the data recognizes the class a sample was asked for).
+TOOL_METRICS = METRICS + ("restoration", "reconstruction", "prompt_accuracy")
 
 
 def default_cache_dir() -> str:
@@ -149,13 +155,36 @@ def evaluate_bpd(config: ml_collections.ConfigDict, model: nn.Module, params: An
                  mesh: Optional[jax.sharding.Mesh] = None, on_batch: Optional[Any] = None,
                  schedule: Any = None) -> bpd_lib.BpdResult:
   """`bpd.dataset_bpd` of a data split under `model` with `params` (unconditional call), on
-  the run's schedule or the given one (an imported model's)."""
-  images, _ = load_images(config.data, split=split, max_examples=max_examples)
+  the run's schedule or the given one (an imported model's); for a discrete objective
+  `categorical.dataset_bpd` (the images' levels checked first)."""
+  real, _ = load_images(config.data, split=split, max_examples=max_examples)
+  if categorical.is_categorical(config):
+    categorical.check_data(config, ArraySource(images.to_uint8(real)), every_level=False)
+    return categorical.dataset_bpd(config, model.apply, {"params": params}, real, rng=rng,
+                                   batch_size=batch_size, mesh=mesh, on_batch=on_batch)
   schedule = objectives.schedule_from_config(config.diffusion) if schedule is None else schedule
   return bpd_lib.dataset_bpd(
       model.apply, {"params": params}, schedule,
-      images, rng=rng, batch_size=batch_size, mesh=mesh, on_batch=on_batch,
+      real, rng=rng, batch_size=batch_size, mesh=mesh, on_batch=on_batch,
       prediction=config.diffusion.prediction, variance=config.diffusion.variance)
+
+
+def word_metrics(config: ml_collections.ConfigDict, samples: np.ndarray, *,
+                 seed: int = 0) -> dict[str, float]:
+  """"words_*" statistics (`word_statistics`) of samples [N, H, W, C] in [-1, 1] of a
+  word-list run, against the run's word list (every word that fits, as the vocabulary) and
+  its training split; "words_unigram_in_list" / "words_bigram_in_list": the same share for
+  as many words of the training words' unigram and bigram baselines (seeded)."""
+  length = config.data.image_size ** 2 * config.data.channels
+  vocabulary = word_data.read_words(config.data.word_list, max_length=length)
+  train = [w for w in vocabulary if word_data.in_split(w, "train")]
+  generated = word_data.decode(np.asarray(levels.images_to_tokens(samples,
+                                                                  word_data.NUM_TOKENS)))
+  results = {f"words_{k}": v for k, v in word_statistics(generated, vocabulary, train).items()}
+  for name, baseline in (("unigram", unigram_words), ("bigram", bigram_words)):
+    drawn = baseline(train, len(generated), seed=seed, max_length=length)
+    results[f"words_{name}_in_list"] = word_statistics(drawn, vocabulary, train)["in_list"]
+  return results
 
 
 def evaluate_during_training(config: ml_collections.ConfigDict, model: nn.Module,
@@ -186,9 +215,11 @@ def evaluate_during_training(config: ml_collections.ConfigDict, model: nn.Module
     result = evaluate_bpd(config, model, params, bpd_key, split=bpd_split,
                           max_examples=bpd_examples)
     results.update(bpd=result.bpd, bpd_stderr=result.stderr)
-  if "classifier_fd" in metrics or "fid" in metrics:
+  if {"classifier_fd", "fid", "words"} & set(metrics):
     samples = generate_samples(config, model, params, sample_key, num_samples=num_samples,
                                batch_size=min(sample_batch_size, num_samples))
+    if "words" in metrics:
+      results.update(word_metrics(config, samples))
     if "classifier_fd" in metrics:
       reference = classifier_reference(config.data, cache_dir=cache_dir)
       results["classifier_fd"] = classifier_frechet_distance(reference, samples)
@@ -197,14 +228,6 @@ def evaluate_during_training(config: ml_collections.ConfigDict, model: nn.Module
                                       cache_dir=cache_dir)
       results.update(fid_and_inception_score(reference, samples))
   return results
-
-
-def psnr(images_a: np.ndarray, images_b: np.ndarray) -> np.ndarray:
-  """Peak signal-to-noise ratio in dB per image of two batches in [-1, 1] (peak-to-peak 2):
-  10 log10(2^2 / mean squared error)."""
-  error = np.mean(np.square(np.asarray(images_a, np.float64) - np.asarray(images_b, np.float64)),
-                  axis=tuple(range(1, np.ndim(images_a))))
-  return 10.0 * np.log10(4.0 / np.maximum(error, 1e-20))
 
 
 def reconstruction_metrics(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
@@ -223,7 +246,7 @@ def reconstruction_metrics(config: ml_collections.ConfigDict, model: nn.Module, 
   recon = np.concatenate([np.asarray(apply({"params": params}, data_images[i:i + batch_size]))
                           for i in range(0, len(data_images), batch_size)])
   recon = images.from_uint8(images.to_uint8(recon))
-  values = psnr(data_images, recon)
+  values = restoration.psnr(recon, data_images)
   coder = latents.LatentCoder(params=params["autoencoder"], scale_factor=np.float32(1.0),
                               autoencoder=model.autoencoder,
                               sample_posterior=config.autoencoder.sample_posterior)
@@ -255,3 +278,22 @@ def prompt_accuracy(config: ml_collections.ConfigDict, model: nn.Module, params:
   samples = generation.sample_batches(config, model, params, key, request, mesh=mesh)
   predicted = reference.classifier.predict(images.from_uint8(images.to_uint8(samples)))
   return float(np.mean(predicted == wanted))
+
+
+def restoration_metrics(config: ml_collections.ConfigDict, outputs: np.ndarray,
+                        inputs: np.ndarray, references: np.ndarray) -> dict[str, float]:
+  """PSNR and SSIM (`jaxdiff.evaluation.restoration`; for area super-resolution also the
+  consistency error, Saharia et al. 2021) of an image-to-image run's outputs against the
+  references, beside those of the trivial baseline (keys prefixed "baseline_"): the inputs
+  as sample.py saves them (`Task.display`: the gray image, the known pixels, the JPEG),
+  upsampled with Pillow's bicubic filter for super-resolution. Arrays in [-1, 1]."""
+  task = tasks.task_from_config(config.data)
+  if task is None:
+    raise ValueError("restoration needs an image-to-image run (config.data.task.name is None)")
+  shape = builders.image_shape(config)
+  super_resolution = task.name == "super_resolution"
+  factor = task.factor if super_resolution and task.downsample == "area" else None
+  baseline = tasks.bicubic_resize(inputs, shape[:2]) if super_resolution else inputs
+  model = restoration.summary(outputs, references, inputs=inputs, factor=factor)
+  floor = restoration.summary(baseline, references, inputs=inputs, factor=factor)
+  return {**model, **{f"baseline_{name}": value for name, value in floor.items()}}

@@ -6,7 +6,7 @@ for an autoencoder run the autoencoder's own objective (`jaxdiff.autoencoder`).
 `model_batches` turns the pipeline's pixel batches into the model's: for a caption model
 the caption tokens of each image (`jaxdiff.data.captions`, built from the pixels and the
 label, replaced by the empty caption with probability `train.label_dropout` for
-classifier-free guidance) under the key "condition"; for a latent run the scaled latents
+classifier-free guidance) under the key "caption"; for a latent run the scaled latents
 of the images (`jaxdiff.job.latents`) instead of the images. Batch `s` uses the key
 fold_in(seed key, s), so a resumed run sees the same batches.
 """
@@ -60,7 +60,7 @@ def _prepare(coder: LatentCoder | None, batch: dict[str, jax.Array], key: jax.Ar
     tokens = captions_lib.caption_tokens(caption_set, batch["image"], batch["label"],
                                          caption_key, max_length=max_length)
     drop = jax.random.bernoulli(drop_key, dropout, tokens.shape[:1])
-    out["condition"] = jnp.where(drop[:, None], null_tokens(max_length), tokens)
+    out["caption"] = jnp.where(drop[:, None], null_tokens(max_length), tokens)
   if coder is not None:
     out["image"] = coder.encode(batch["image"], encode_key)
   return out

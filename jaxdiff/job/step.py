@@ -16,11 +16,15 @@ import ml_collections
 import optax
 from flax import struct
 
+from jaxdiff import ema
 from jaxdiff.config import builders
 from jaxdiff.config.objectives import LossFn
 
 # objective_fn(params, images, rng, step) -> per-example loss [B] (an autoencoder run's).
 ObjectiveFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+
+# Batch entries of an image-to-image task (jaxdiff.data.tasks), passed to the model by name.
+CONDITIONING_KEYS = ("condition", "aug_level")
 
 
 @struct.dataclass
@@ -33,6 +37,7 @@ class TrainState:
   opt_state: optax.OptState
   apply_fn: Callable[..., jax.Array] = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  posthoc_emas: tuple[Any, ...] = ()  # Power-function EMAs (jaxdiff.ema), one per sigma_rel.
 
 
 def learning_rate_schedule(*, learning_rate: float, warmup_steps: int) -> optax.Schedule:
@@ -61,15 +66,17 @@ def make_optimizer(*, learning_rate: float, warmup_steps: int, grad_clip: float,
 
 
 def init_train_state(rng: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation,
-                     image_shape: tuple[int, int, int]) -> TrainState:
-  """Initialises parameters on a dummy [1, H, W, C] batch; EMA starts equal to them."""
+                     image_shape: tuple[int, int, int], posthoc_profiles: int = 0) -> TrainState:
+  """Initialises parameters on a dummy [1, H, W, C] batch; the EMA and the
+  `posthoc_profiles` power-function EMAs start equal to them."""
   x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   t = jnp.zeros((1,), jnp.int32)
   y = None if getattr(model, "num_classes", None) is None else jnp.zeros((1,), jnp.int32)
   params = model.init({"params": rng}, x, t, y=y, train=False)["params"]
   ema_params = jax.tree.map(jnp.copy, params)  # Own buffers: the step donates both trees.
+  posthoc = tuple(jax.tree.map(jnp.copy, params) for _ in range(posthoc_profiles))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
-                    opt_state=tx.init(params), apply_fn=model.apply, tx=tx)
+                    opt_state=tx.init(params), apply_fn=model.apply, tx=tx, posthoc_emas=posthoc)
 
 
 def ema_update(ema_params: Any, params: Any, *, decay: float) -> Any:
@@ -91,14 +98,33 @@ def tree_all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
 
 
+def _model_labels(batch: dict[str, jax.Array], rng: jax.Array, *, num_classes: int | None,
+                  label_dropout: float) -> jax.Array | None:
+  """The model's `y`: the batch's caption tokens (their dropout already applied, see
+  `jaxdiff.job.inputs`), else its class labels dropped to the null label with probability
+  `label_dropout` (classifier-free guidance), else None (an unconditional model)."""
+  if "caption" in batch:
+    return batch["caption"]
+  if num_classes is None:
+    return None
+  if "label" not in batch:
+    raise ValueError(f"num_classes={num_classes} (class-conditional) but the batch has "
+                     f"no 'label': keys {sorted(batch)}.")
+  if label_dropout <= 0:
+    return batch["label"]
+  return drop_labels(rng, batch["label"], null_label=num_classes, drop_prob=label_dropout)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                loss_fn: LossFn | None, ema_decay: float, label_dropout: float = 0.0,
                num_classes: int | None = None, proceed: jax.Array | None = None,
-               objective_fn: ObjectiveFn | None = None
+               objective_fn: ObjectiveFn | None = None,
+               posthoc_gammas: tuple[float, ...] = ()
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update on `batch` ({"image": [B, H, W, C] in [-1, 1], "label": [B]}).
+  """One optimizer update on `batch` ({"image": [B, H, W, C] in [-1, 1], "label": [B]}; an
+  image-to-image task's "condition" and "aug_level" go to the model as keyword arguments).
 
-  A batch with a "condition" (e.g. caption tokens [B, L], see `jaxdiff.job.inputs`) gives
+  A batch with a "caption" (caption tokens [B, L], see `jaxdiff.job.inputs`) gives
   the model that as `y`, with its classifier-free-guidance dropout already applied. With
   `objective_fn` (an autoencoder run) the loss is `objective_fn(params, batch["image"],
   rng, step)` instead of `loss_fn` of the model.
@@ -108,29 +134,27 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   losses. The step is finite when the loss, the gradient norm and every leaf of the updated
   state (parameters, EMA parameters, optimizer state) are finite. If it is not (or if the
   bool `proceed` is given and False) the state is returned unchanged: a caller that sees
-  `metrics["finite"]` False must stop (see jaxdiff.job.trainer).
+  `metrics["finite"]` False must stop (see jaxdiff.job.trainer). The
+  power-function EMAs of `state.posthoc_emas` follow their `posthoc_gammas`
+  (`jaxdiff.ema.power_ema_update`).
 
   Returns the new state and metrics {"loss", "grad_norm", "finite"}.
   """
   step_rng = jax.random.fold_in(rng, state.step)
   noise_rng, dropout_rng, label_rng = jax.random.split(step_rng, 3)
-  labels = None
-  if num_classes is not None:
-    if "label" not in batch:
-      raise ValueError(f"num_classes={num_classes} (class-conditional) but the batch has "
-                       f"no 'label': keys {sorted(batch)}.")
-    labels = batch["label"]
-  if labels is not None and label_dropout > 0:
-    labels = drop_labels(label_rng, labels, null_label=num_classes, drop_prob=label_dropout)
-  if "condition" in batch:
-    labels = batch["condition"]
+  labels = _model_labels(batch, label_rng, num_classes=num_classes,
+                         label_dropout=label_dropout)
+  conditioning = {key: batch[key] for key in CONDITIONING_KEYS if key in batch}
+
+  if hasattr(loss_fn, "at_step"):  # A curriculum (objectives.CurriculumLoss).
+    loss_fn = loss_fn.at_step(state.step)
 
   def objective(params: Any) -> jax.Array:
     if objective_fn is not None:
       return jnp.mean(objective_fn(params, batch["image"], noise_rng, state.step))
     def model_fn(x_t: jax.Array, t: jax.Array) -> jax.Array:
       return state.apply_fn({"params": params}, x_t, t, y=labels, train=True,
-                            rngs={"dropout": dropout_rng})
+                            rngs={"dropout": dropout_rng}, **conditioning)
     return jnp.mean(loss_fn(model_fn, batch["image"], noise_rng))
 
   loss, grads = jax.value_and_grad(objective)(state.params)
@@ -138,7 +162,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   updated = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                          ema_params=ema_update(state.ema_params, params, decay=ema_decay))
+                          ema_params=ema_update(state.ema_params, params, decay=ema_decay),
+                          posthoc_emas=ema.power_ema_update(state.posthoc_emas, params,
+                                                            step=state.step + 1,
+                                                            gammas=posthoc_gammas))
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & tree_all_finite(
       (updated.params, updated.ema_params, updated.opt_state))
   keep = finite if proceed is None else finite & proceed
@@ -207,5 +234,11 @@ def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
   model, tx = builders.build_model(config), build_optimizer(config)
   return jax.eval_shape(
       lambda rng: init_train_state(rng, model=model, tx=tx,
-                                   image_shape=builders.model_input_shape(config)),
+                                   image_shape=builders.model_input_shape(config),
+                                   posthoc_profiles=len(config.train.posthoc_sigma_rels)),
       jax.random.PRNGKey(0))
+
+
+def posthoc_gammas(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """The exponents gamma of `config.train.posthoc_sigma_rels` (`jaxdiff.ema`)."""
+  return tuple(ema.sigma_rel_to_gamma(s) for s in config.train.posthoc_sigma_rels)

@@ -14,6 +14,9 @@ interval, are the one list of `periodic_actions`:
   log         every `train.log_every` steps and at the end: mean loss and gradient norm,
               learning rate, steps/s, images/s, TFLOP/s and MFU (`jaxdiff.job.throughput`)
   checkpoint  every `train.checkpoint_every` steps and at the end
+  posthoc_ema every `train.posthoc_every` steps and at the end, with
+              `train.posthoc_sigma_rels`: snapshots of the power-function EMAs
+              (`jaxdiff.job.posthoc_ema`)
   preemption  every step, host only: after SIGTERM save, stop and raise `Preempted`
   samples     every `train.sample_every` steps (0: only at the end): an EMA sample grid
   evaluation  every `eval.every` steps (0: never): `config.eval`'s metrics as eval/NAME
@@ -47,12 +50,13 @@ import tqdm
 from etils import epath
 
 from jaxdiff import data, images, parallel
-from jaxdiff.config import builders, validation
+from jaxdiff.config import builders, categorical, objectives, validation
 from jaxdiff.job import checkpoints as checkpointing
 from jaxdiff.job import cli
-from jaxdiff.job import distributed
+from jaxdiff.job import distill, distributed
 from jaxdiff.job import evaluation as eval_metrics
 from jaxdiff.job import generation, inputs, latents
+from jaxdiff.job import posthoc_ema
 from jaxdiff.job import step as training
 from jaxdiff.job import throughput as throughput_lib
 from jaxdiff.job import workdir_lock
@@ -114,6 +118,7 @@ class _Run:
   interval_start: float = 0.0         # Since the last log (perf_counter seconds) ...
   excluded: float = 0.0               # ... minus the time spent in periodic actions.
   preempted: bool = False
+  teacher: Any = None                 # Distillation: (the teacher's config, EMA params).
 
   @property
   def batch_sharding(self) -> jax.sharding.Sharding:
@@ -160,6 +165,12 @@ def _log(run: _Run, step: int) -> None:
 def _save(run: _Run, step: int) -> None:
   """Starts saving the state after `step` steps (asynchronously when configured)."""
   run.checkpointer.save(step, run.state, run.train_rng, metadata={"data_position": step})
+
+
+def _save_posthoc_ema(run: _Run, step: int) -> None:
+  """Writes the tracked power-function EMAs after `step` steps (`jaxdiff.job.posthoc_ema`)."""
+  posthoc_ema.save_snapshot(run.workdir, run.state, step,
+                            tuple(run.config.train.posthoc_sigma_rels))
 
 
 def _check_preemption(run: _Run, step: int) -> None:
@@ -211,6 +222,8 @@ def periodic_actions(config: ml_collections.ConfigDict) -> list[PeriodicAction]:
   return [
       PeriodicAction("log", train_config.log_every, _log, at_end=True),
       PeriodicAction("checkpoint", train_config.checkpoint_every, _save, at_end=True),
+      PeriodicAction("posthoc_ema", train_config.posthoc_every, _save_posthoc_ema,
+                     at_end=bool(train_config.posthoc_sigma_rels)),
       PeriodicAction("preemption", 1, _check_preemption, reads_device=False),
       PeriodicAction("samples", train_config.sample_every, _save_samples, at_end=True),
       PeriodicAction("evaluation", config.eval.every, _evaluate),
@@ -249,14 +262,23 @@ def _check_finite(run: _Run, step: int) -> None:
   run.fetched, run.checked_step = sums, step
 
 
+def _step_objective(run: _Run) -> dict[str, Any]:
+  """`train_step`'s objective options: the run's (`inputs.step_objective`), or a
+  distillation run's loss (`job.distill`)."""
+  if run.teacher is None:
+    return inputs.step_objective(run.config)
+  return {"loss_fn": distill.teacher_loss_fn(run.config, run.model, run.teacher)}
+
+
 def _compile_step(run: _Run, batch: dict[str, jax.Array]) -> None:
   """Compiles the step for `batch`'s shapes and reads its FLOPs for the throughput logs."""
   config = run.config
   step = jax.jit(
-      functools.partial(training.accumulating_train_step, **inputs.step_objective(config),
+      functools.partial(training.accumulating_train_step, **_step_objective(run),
                         ema_decay=config.train.ema_decay,
                         label_dropout=config.train.label_dropout,
-                        num_classes=config.model.get("num_classes")),
+                        num_classes=config.model.get("num_classes"),
+                        posthoc_gammas=training.posthoc_gammas(config)),
       in_shardings=(run.shardings, run.replicated, run.batch_sharding, run.replicated),
       out_shardings=(run.shardings, run.replicated), donate_argnums=(0, 1))
   run.step_fn = step.lower(run.state, run.sums, batch, run.train_rng).compile()
@@ -324,6 +346,10 @@ def _open_data(config: ml_collections.ConfigDict) -> data.ImageSource:
     raise validation.ConfigError(
         f"config.model.num_classes={num_classes}, but the {name} has {source.num_classes} "
         f"classes (labels 0..{source.num_classes - 1}).")
+  try:
+    categorical.check_data(config, source)
+  except ValueError as e:
+    raise validation.ConfigError(str(e)) from None
   _check_eval_data(config, has_labels=labels is not None)
   return source
 
@@ -358,7 +384,8 @@ def _abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   """(the state with ShapeDtypeStruct leaves and shardings, the shardings, init_fn)."""
   model, tx = builders.build_model(config), training.build_optimizer(config)
   init_fn = functools.partial(training.init_train_state, model=model, tx=tx,
-                              image_shape=builders.model_input_shape(config))
+                              image_shape=builders.model_input_shape(config),
+                              posthoc_profiles=len(config.train.posthoc_sigma_rels))
   abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   shardings = distributed.state_shardings(abstract_state, mesh,
                                           shard_params=config.train.shard_params,
@@ -369,7 +396,7 @@ def _abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
 
 
 def _initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                   checkpointer: checkpointing.Checkpointer
+                   checkpointer: checkpointing.Checkpointer, initial_params: Any = None
                    ) -> tuple[training.TrainState, jax.Array, Any, bool]:
   """(state, base rng key, state shardings, restored?): the newest good checkpoint's, else
   freshly initialised ones. Raises ConfigError if the checkpoint does not fit the config."""
@@ -383,6 +410,9 @@ def _initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     raise validation.ConfigError(f"{e} Resume with that config, or use another --workdir.")
   if restored is None:
     state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
+    if initial_params is not None:  # A distillation round starts from its teacher.
+      params = jax.device_put(initial_params, shardings.params)
+      state = state.replace(params=params, ema_params=jax.tree.map(jax.numpy.copy, params))
     # From a host value: device_put of a local jax.Array breaks across processes.
     return state, jax.device_put(np.asarray(train_rng), replicated), shardings, False
   if restored.step > config.train.num_steps:
@@ -420,7 +450,12 @@ def _setup(config: ml_collections.ConfigDict, workdir: epath.Path, *,
       async_save=train_config.async_checkpointing)
   try:
     _check_resume(config, workdir, checkpointer, allow_changes=allow_config_change)
-    state, train_rng, shardings, restored = _initial_state(config, mesh, checkpointer)
+    teacher = None
+    if config.distill.teacher_workdir is not None:
+      teacher = distill.load_teacher(config)
+    initial = None if teacher is None or config.diffusion.objective in objectives.CONSISTENCY \
+        else teacher[1]
+    state, train_rng, shardings, restored = _initial_state(config, mesh, checkpointer, initial)
   except BaseException:
     checkpointer.close()
     raise
@@ -436,7 +471,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: epath.Path, *,
       writer=MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start_step),
       learning_rate=training.learning_rate_schedule(
           learning_rate=train_config.learning_rate, warmup_steps=train_config.warmup_steps),
-      start_step=start_step)
+      start_step=start_step, teacher=teacher)
 
 
 def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,

@@ -1,6 +1,7 @@
 """Denoiser networks: the DDPM / ADM U-Net, the DiT, and their building blocks."""
 
 from jaxdiff.models.attention import AttentionBlock
+from jaxdiff.models.categorical import OneHotInput, TokenTransformer
 from jaxdiff.models.dit import DiT, DiTBlock
 from jaxdiff.models.embeddings import sinusoidal_embedding
 from jaxdiff.models.nnx_adapter import nnx_model_fn
@@ -18,7 +19,9 @@ __all__ = [
     "DiT",
     "DiTBlock",
     "Downsample",
+    "OneHotInput",
     "ResBlock",
+    "TokenTransformer",
     "UNet",
     "Upsample",
     "load_openai_unet",

@@ -31,6 +31,24 @@ def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
 
 
+def adaln_conditioning(t: jax.Array, y: jax.Array | None, *, batch: int, hidden_size: int,
+                       frequency_embedding_size: int, freq_shift: float,
+                       num_classes: int | None) -> jax.Array:
+  """DiT's conditioning (Peebles & Xie 2023, Sec. 3.2) ``c = MLP(sinusoid(t)) +
+  label_embedding(y)``, float32 ``[B, hidden_size]`` (``y`` None: the null label), as
+  submodules "t_embed_fc1", "t_embed_fc2" and "y_embed" of the calling compact method."""
+  dense = functools.partial(nn.Dense, hidden_size, dtype=jnp.float32,
+                            kernel_init=embedding_init)
+  c = sinusoidal_embedding(t, frequency_embedding_size, flip_sin_to_cos=True,
+                           freq_shift=freq_shift)
+  c = dense(name="t_embed_fc2")(nn.silu(dense(name="t_embed_fc1")(c)))
+  if num_classes is not None:
+    labels = jnp.full((batch,), num_classes, jnp.int32) if y is None else y
+    c = c + nn.Embed(num_classes + 1, hidden_size, dtype=jnp.float32,
+                     embedding_init=embedding_init, name="y_embed")(labels)
+  return c
+
+
 class DiTBlock(nn.Module):
   """One DiT block with adaLN-Zero conditioning (Peebles & Xie 2023, Sec. 3.2, Fig. 3).
 
@@ -150,17 +168,9 @@ class DiT(nn.Module):
     return dtype
 
   def _conditioning(self, t: jax.Array, y: jax.Array | None, batch: int) -> jax.Array:
-    """``c = MLP(sinusoid(t)) + label_embedding(y)``, float32 ``[B, hidden_size]``."""
-    dense = functools.partial(nn.Dense, self.hidden_size, dtype=jnp.float32,
-                              kernel_init=embedding_init)
-    c = sinusoidal_embedding(t, self.frequency_embedding_size, flip_sin_to_cos=True,
-                             freq_shift=self.freq_shift)
-    c = dense(name="t_embed_fc2")(nn.silu(dense(name="t_embed_fc1")(c)))
-    if self.num_classes is not None:
-      labels = jnp.full((batch,), self.num_classes, jnp.int32) if y is None else y
-      c = c + nn.Embed(self.num_classes + 1, self.hidden_size, dtype=jnp.float32,
-                       embedding_init=embedding_init, name="y_embed")(labels)
-    return c
+    return adaln_conditioning(t, y, batch=batch, hidden_size=self.hidden_size,
+                              frequency_embedding_size=self.frequency_embedding_size,
+                              freq_shift=self.freq_shift, num_classes=self.num_classes)
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, *,

@@ -19,6 +19,9 @@ from jaxdiff.models.resample import Downsample, Upsample
 from jaxdiff.models.resnet import ResBlock
 from jaxdiff.models.spatial_transformer import SpatialTransformer, check_context
 
+# jax.image.resize methods for a lower-resolution condition (UNet.condition_resize).
+RESIZE_METHODS = ("nearest", "linear", "cubic", "lanczos3", "lanczos5")
+
 
 class UNet(nn.Module):
   """U-Net noise predictor ``(x_t, t, y) -> model output`` (NHWC).
@@ -41,6 +44,19 @@ class UNet(nn.Module):
   ``learn_sigma`` (twice the output channels, for learned variances, Nichol &
   Dhariwal 2021), and class conditioning with one extra "null" label
   (``num_classes``) for classifier-free guidance (Ho & Salimans 2022).
+
+  Image conditioning (SR3, Saharia et al. 2021; Palette, Saharia et al. 2022): with
+  ``condition_channels`` set, ``condition`` ([B, h, w, condition_channels]) is concatenated
+  to x_t along channels before the input convolution. A condition of lower resolution
+  (h = H / k, w = W / k for an integer k, e.g. SR3's low-resolution image) is first resized
+  to H x W inside the model with ``jax.image.resize(method=condition_resize)``, so the data
+  pipeline and the samplers keep it at its own size; ``condition=None`` is the null
+  condition (zeros), the one condition dropout trains for classifier-free guidance. With
+  ``aug_level_embedding`` the augmentation level s in [0, 1] of the condition (Ho et al.
+  2022, CDM, Sec. 4.1) is embedded like the timestep (sinusoidal of 1000 s, two dense
+  layers) and added to the time embedding; ``aug_level=None`` is s = 0. Both are new
+  parameters (``conv_in`` takes C + condition_channels inputs; ``aug_dense0/1``), so the
+  parameter tree of an unconditional model is unchanged.
 
   Mixed precision: parameters are float32. The convolutions, dense layers and
   attention of the body compute in ``dtype``. As in ADM's fp16 mode, the time and
@@ -84,9 +100,13 @@ class UNet(nn.Module):
       residual block (after its self-attention, if any), and follows the middle block's
       attention when the lowest height is listed. Needs ``context_dim``.
     transformer_depth: transformer blocks in each ``SpatialTransformer``.
+    condition_channels: channels of the conditioning image (None: no image condition).
+    condition_resize: the ``jax.image.resize`` method that brings a lower-resolution
+      condition to the input's size (``"cubic"``, ``"linear"``, ``"nearest"``, ...).
+    aug_level_embedding: condition on the augmentation level ``aug_level`` [B].
 
-  With ``transformer_resolutions`` empty (the default) the parameter tree is exactly that
-  of a U-Net without these fields.
+  With the defaults of these fields (no cross-attention, no image condition, no
+  augmentation level) the parameter tree is exactly that of a U-Net without them.
   """
 
   out_channels: int | None = None
@@ -108,6 +128,9 @@ class UNet(nn.Module):
   context_dim: int | None = None
   transformer_resolutions: Sequence[int] = ()
   transformer_depth: int = 1
+  condition_channels: int | None = None
+  condition_resize: str = "cubic"
+  aug_level_embedding: bool = False
 
   def _validate_config(self) -> jnp.dtype:
     """Raises ``ValueError`` on a bad field; returns the compute dtype."""
@@ -191,9 +214,54 @@ class UNet(nn.Module):
         )
     check_times_and_labels(t, y, batch=batch, num_classes=self.num_classes)
 
+  def _validate_condition(self, x: jax.Array, condition: jax.Array | None,
+                          aug_level: jax.Array | None) -> None:
+    """Raises ``ValueError`` when the condition or the augmentation level does not fit."""
+    if condition is not None and self.condition_channels is None:
+      raise ValueError("condition was given but the model has condition_channels=None")
+    if aug_level is not None and not self.aug_level_embedding:
+      raise ValueError("aug_level was given but the model has aug_level_embedding=False")
+    if self.condition_channels is not None and self.condition_channels < 1:
+      raise ValueError(f"condition_channels must be None or >= 1, got {self.condition_channels}")
+    if self.condition_resize not in RESIZE_METHODS:
+      raise ValueError(f"condition_resize={self.condition_resize!r} is not one of "
+                       f"{RESIZE_METHODS}")
+    batch, height, width, _ = x.shape
+    if aug_level is not None and jnp.shape(aug_level) != (batch,):
+      raise ValueError(f"aug_level must have shape [B] = ({batch},), got {jnp.shape(aug_level)}")
+    if condition is None:
+      return
+    expected = f"[{batch}, {height} / k, {width} / k, {self.condition_channels}] for an integer k"
+    shape = jnp.shape(condition)
+    if (len(shape) != 4 or shape[0] != batch or shape[3] != self.condition_channels
+        or height % shape[1] or width % shape[2] or height // shape[1] != width // shape[2]):
+      raise ValueError(f"condition has shape {tuple(shape)}; expected {expected}")
+
+  def _conditioned_input(self, x: jax.Array, condition: jax.Array | None) -> jax.Array:
+    """x, or x and the condition (resized to x's size; zeros when None) along channels."""
+    if self.condition_channels is None:
+      return x
+    shape = x.shape[:3] + (self.condition_channels,)
+    if condition is None:
+      condition = jnp.zeros(shape, x.dtype)
+    elif condition.shape != shape:
+      condition = jax.image.resize(condition, shape, method=self.condition_resize)
+    return jnp.concatenate([x, condition.astype(x.dtype)], axis=-1)
+
+  def _aug_level_embedding(self, emb: jax.Array, aug_level: jax.Array | None) -> jax.Array:
+    """emb plus the embedded augmentation level (CDM), when the model conditions on it."""
+    if not self.aug_level_embedding:
+      return emb
+    level = jnp.zeros(emb.shape[:1]) if aug_level is None else aug_level
+    dense = functools.partial(nn.Dense, emb.shape[-1], dtype=jnp.float32,
+                              kernel_init=default_init)
+    aug = sinusoidal_embedding(1000.0 * level.astype(jnp.float32), self.base_channels)
+    return emb + dense(name="aug_dense1")(nn.swish(dense(name="aug_dense0")(aug)))
+
   @nn.compact
   def __call__(
       self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, *,
+      condition: jax.Array | None = None, aug_level: jax.Array | None = None,
       context: jax.Array | None = None, context_mask: jax.Array | None = None,
       train: bool = False,
   ) -> jax.Array:
@@ -205,6 +273,9 @@ class UNet(nn.Module):
         pass their time scaled as they like, e.g. ``999 * t``).
       y: int class labels ``[B]`` in ``[0, num_classes]`` (``num_classes`` is the
         null label), or ``None``: the null label when ``num_classes`` is set.
+      condition: the conditioning image ``[B, H / k, W / k, condition_channels]`` (class
+        docstring), or ``None``: the null condition.
+      aug_level: the condition's augmentation level ``[B]`` in [0, 1], or ``None`` (0).
       context: ``[B, L, context_dim]``, what the cross-attention blocks attend to (only
         and always for a model with ``transformer_resolutions``).
       context_mask: bool ``[B, L]``, True for real context tokens; ``None``: all real.
@@ -216,13 +287,14 @@ class UNet(nn.Module):
     dtype = self._validate_config()
     self._validate_inputs(x, t, y)
     self._validate_context(context, context_mask, x.shape[0])
+    self._validate_condition(x, condition, aug_level)
     cond = None if context is None else (context, context_mask)
     blocks = self._block_factories(dtype)
-    emb = self._embedding(t, y, batch=x.shape[0])
+    emb = self._aug_level_embedding(self._embedding(t, y, batch=x.shape[0]), aug_level)
     h = nn.Conv(
         self.base_channels, (3, 3), dtype=dtype, kernel_init=default_init,
         name="conv_in",
-    )(x.astype(dtype))
+    )(self._conditioned_input(x, condition).astype(dtype))
     h, skips = self._encoder(h, emb, train, blocks, cond)
     res_block, attn_block, transformer = blocks
     h = res_block(h.shape[-1], name="mid_res0")(h, emb, train)

@@ -7,7 +7,9 @@ r_i = h_{i-1} / h_i:
     D_i = (1 + 1 / (2 r_i)) x0(x_{i-1}) - 1 / (2 r_i) x0(x_{i-2})
     x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i (exp(-h_i) - 1) D_i
 
-and the first step is first order (D_1 = x0(x_0): DPM-Solver++1 is DDIM). One model
+and the first step is first order (D_1 = x0(x_0): DPM-Solver++1 is DDIM), as is a step whose
+h or h_{i-1} is infinite: a step from alpha = 0 (the noise end of a flow) or to sigma = 0
+(a grid ending at the data), where the multistep correction has no finite limit. One model
 evaluation per step. Its default grid is uniform in lambda from t_max to t_min (Lu et al.
 2022a, Sec. 3.3), and it returns x at t_min.
 """
@@ -32,7 +34,7 @@ def dpm_solver_2m_step(denoiser: Any, x: Array, state: tuple[Array, Array], inp:
   x0_prev, h_prev = state
   x0 = denoiser(x, batch_time(s.t, x)).x0
   h = 0.5 * (t.log_snr - s.log_snr)
-  first = h_prev == 0
+  first = (h_prev == 0) | ~jnp.isfinite(h) | ~jnp.isfinite(h_prev)
   c = jnp.where(first, 0.0, h / (2.0 * jnp.where(first, 1.0, h_prev)))
   d = (1.0 + scalar(c, x)) * x0 - scalar(c, x) * x0_prev
   x = scalar(t.sigma / s.sigma, x) * x - scalar(t.alpha * jnp.expm1(-h), x) * d

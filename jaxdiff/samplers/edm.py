@@ -69,7 +69,7 @@ def _check_options(process: Any, opts: Mapping[str, Any], num_steps: int) -> Non
 
 EDM_HEUN = SamplerSpec(
     name="edm_heun", step=edm_step, grid="karras",
-    continuous_grid="karras", default_steps=18, continuous_steps=18, stochastic=True,
+    continuous_grid="karras", own_grid=True, default_steps=18, continuous_steps=18, stochastic=True,
     noise_option="s_churn", validate=_check_options,
     options={"rho": 7.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"),
              "s_noise": 1.0},

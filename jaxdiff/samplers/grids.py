@@ -8,8 +8,15 @@ optionally followed by the clean end (alpha = 1, sigma = 0, lambda = +inf). The 
 - "time_uniform": uniform in t from t_max to t_min;
 - "time_quadratic": uniform in sqrt(t) (Lu et al. 2022a, App. D.1);
 - "logSNR": uniform in lambda (Lu et al. 2022a, Sec. 3.3);
+- "nested": t_min + (t_max - t_min) i / N for i = N .. 1, then the clean end: the grid of N
+  steps is every other point of the grid of 2N (progressive distillation's halving,
+  Salimans & Ho 2022, Algorithm 2, with its u = i / N mapped onto the process's times);
 - "karras": sigma-hat_i = (s_max^(1/rho) + i / (N - 1) (s_min^(1/rho) - s_max^(1/rho)))^rho
   with sigma-hat = sigma / alpha = exp(-lambda / 2) (Karras et al. 2022, eq. 5).
+
+The last two need finite log-SNRs at both ends: on a process whose t_max has alpha = 0 or
+whose t_min has sigma = 0 (`jaxdiff.processes.FlowProcess`) they span sigma-hat in
+[0.002, 80] there, Karras et al.'s range.
 
 Every grid is computed from the process with jnp, so it is traced with the process inside a
 caller's jit. Explicit grids are checked when their values are concrete.
@@ -28,7 +35,13 @@ from jaxdiff import schedules
 
 Array = Any
 
-GRID_KINDS = ("discrete", "time_uniform", "time_quadratic", "logSNR", "karras")
+GRID_KINDS = ("discrete", "time_uniform", "time_quadratic", "logSNR", "karras", "nested")
+TIME_KINDS = ("time_uniform", "time_quadratic")
+
+# Karras et al. 2022's noise range (Sec. 5): where a process reaches sigma-hat = infinity
+# (alpha = 0, a flow's t = 1) or 0 (its t = 0), the grids uniform in lambda or in
+# sigma-hat^(1/rho) end at these levels instead.
+KARRAS_SIGMA_MIN, KARRAS_SIGMA_MAX = 0.002, 80.0
 
 
 @flax.struct.dataclass
@@ -140,13 +153,19 @@ def continuous_times(process: Any, kind: str, num_points: int, *, t_min: Any,
     return jnp.linspace(t_max, t_min, num_points)
   if kind == "time_quadratic":
     return jnp.linspace(jnp.sqrt(t_max), jnp.sqrt(t_min), num_points) ** 2
+  if kind == "nested":
+    return t_min + (t_max - t_min) * jnp.arange(num_points, 0, -1, dtype=dtype) / num_points
   lam = process.log_snr(jnp.stack([t_max, t_min]))
+  finite = jnp.isfinite(lam)
+  karras_range = -2.0 * jnp.log(jnp.asarray([KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN], dtype))
+  lam = jnp.where(finite, lam, karras_range)
   if kind == "logSNR":
     times = process.t_from_log_snr(jnp.linspace(lam[0], lam[1], num_points))
   else:
     sigmas = karras_sigmas(jnp.exp(-0.5 * lam[1]), jnp.exp(-0.5 * lam[0]), num_points, rho=rho)
     times = sigmas_to_times(process, sigmas)
-  return times.at[0].set(t_max).at[-1].set(t_min)
+  times = times.at[0].set(jnp.where(finite[0], t_max, times[0]))
+  return times.at[-1].set(jnp.where(finite[1], t_min, times[-1]))
 
 
 def check_kind(kind: str) -> None:

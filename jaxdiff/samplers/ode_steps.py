@@ -1,13 +1,19 @@
 """Fixed-step solvers of the probability-flow ODE (Song et al. 2021, eq. 13) on any process.
 
-    dx / dt = f(t) x - g(t)^2 / 2 score(x, t) = f(t) x + g(t)^2 / (2 sigma_t) eps(x, t),
+For x_t = alpha_t x_0 + sigma_t eps the probability-flow ODE is
 
-with f and g of the process's forward SDE (`jaxdiff.processes.GaussianProcess.sde`), from
-t_max to t_min on a grid uniform in time (uniform in lambda on a discrete `Schedule`, whose
-interpolated coefficients change fastest near t = 0): Euler (one evaluation per step), Heun
-(two; the trapezoidal corrector of Karras et al. 2022, Algorithm 1, in t) and the explicit
-midpoint rule (two). They return x at t_min. (The adaptive solve is
-`jaxdiff.sde_samplers.ode`.)
+    dx / dt = f(t) x - g(t)^2 / 2 score(x, t) = alpha'(t) x0_hat(x, t) + sigma'(t) eps_hat(x, t),
+
+with f = alpha' / alpha and g^2 = 2 sigma sigma' - 2 f sigma^2 of the forward SDE
+(`jaxdiff.processes.GaussianProcess.sde`); the second form (the expected velocity of the
+interpolant, Lipman et al. 2023, eq. 8 and 20; Albergo & Vanden-Eijnden 2023) equals the first
+for every denoiser (x = alpha x0_hat + sigma eps_hat) and stays finite where alpha = 0, so on a
+flow (`jaxdiff.processes.FlowProcess`) these are exactly the flow-matching ODE solvers, with
+velocity eps_hat - x0_hat on the linear interpolant. They run from t_max to t_min on a grid
+uniform in time (uniform in lambda on a discrete `Schedule`, whose interpolated coefficients
+change fastest near t = 0): Euler (one evaluation per step), Heun (two; the trapezoidal
+corrector of Karras et al. 2022, Algorithm 1, in t) and the explicit midpoint rule (two). They
+return x at t_min. (The adaptive solve is `jaxdiff.sde_samplers.ode`.)
 """
 
 from __future__ import annotations
@@ -16,41 +22,28 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from jaxdiff.denoisers import velocity
 from jaxdiff.samplers.spec import SamplerSpec, StepInput, batch_time, pair_inputs, scalar
 
 Array = Any
 
 
-def _drift_and_g2(process: Any, times: Array) -> tuple[Array, Array]:
-  """f(t) and g(t)^2 of the forward SDE at ``times``."""
-  drift, g = process.sde(jnp.ones_like(times, jnp.result_type(float)), times)
-  return drift, g**2
-
-
 def ode_inputs(process: Any, times: Array, opts: Mapping[str, Any]) -> StepInput:
-  """Pair steps with f and g^2 at both ends and at the midpoint of each step."""
+  """Pair steps with the midpoint time of each step."""
   del opts
   inp = pair_inputs(process, times, ends_clean=False)
   times = jnp.asarray(times, jnp.result_type(float))
-  middle = 0.5 * (times[:-1] + times[1:])
-  extra = {}
-  for name, at in (("s", times[:-1]), ("t", times[1:]), ("mid", middle)):
-    extra[f"f_{name}"], extra[f"g2_{name}"] = _drift_and_g2(process, at)
-  extra["t_mid"] = middle
-  return inp.replace(extra=extra)
+  return inp.replace(extra={"t_mid": 0.5 * (times[:-1] + times[1:])})
 
 
-def _velocity(denoiser: Any, x: Array, time: Array, f: Array, g2: Array) -> Array:
+def _velocity(denoiser: Any, x: Array, time: Array) -> Array:
   """The probability-flow velocity at one time (module docstring)."""
-  time = batch_time(time, x)
-  sigma = scalar(denoiser.process.sigma(time[0]), x)
-  return scalar(f, x) * x + scalar(g2, x) / (2.0 * sigma) * denoiser(x, time).eps
+  return velocity(denoiser, x, batch_time(time, x))
 
 
 def _first_slope(denoiser: Any, x: Array, inp: StepInput) -> tuple[Array, Array]:
   """The step length t - s and the velocity at the start of the step."""
-  dt = scalar(inp.t.t - inp.s.t, x)
-  return dt, _velocity(denoiser, x, inp.s.t, inp.extra["f_s"], inp.extra["g2_s"])
+  return scalar(inp.t.t - inp.s.t, x), _velocity(denoiser, x, inp.s.t)
 
 
 def euler_step(denoiser: Any, x: Array, state: Array, inp: StepInput, key: Array,
@@ -66,7 +59,7 @@ def heun_step(denoiser: Any, x: Array, state: Array, inp: StepInput, key: Array,
   """x_t = x_s + (t - s) (v(x_s, s) + v(x_euler, t)) / 2."""
   del key, opts
   dt, v = _first_slope(denoiser, x, inp)
-  v_next = _velocity(denoiser, x + dt * v, inp.t.t, inp.extra["f_t"], inp.extra["g2_t"])
+  v_next = _velocity(denoiser, x + dt * v, inp.t.t)
   return x + 0.5 * dt * (v + v_next), state
 
 
@@ -75,9 +68,7 @@ def midpoint_step(denoiser: Any, x: Array, state: Array, inp: StepInput, key: Ar
   """x_t = x_s + (t - s) v(x_s + (t - s) / 2 v(x_s, s), (s + t) / 2)."""
   del key, opts
   dt, v = _first_slope(denoiser, x, inp)
-  e = inp.extra
-  return x + dt * _velocity(denoiser, x + 0.5 * dt * v, e["t_mid"], e["f_mid"],
-                            e["g2_mid"]), state
+  return x + dt * _velocity(denoiser, x + 0.5 * dt * v, inp.extra["t_mid"]), state
 
 
 def _ode_spec(name: str, step: Any, per_step: int, summary: str) -> SamplerSpec:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import sde as sde_lib
-from jaxdiff.processes import broadcast_to_x
+from jaxdiff.processes import FlowProcess, broadcast_to_x
 from jaxdiff.samplers import grids
 from jaxdiff.samplers.spec import SamplerSpec, StepInput, batch_time
 from jaxdiff.schedules import Schedule
@@ -160,7 +160,7 @@ PC = SamplerSpec(
     name="pc", step=pc_step, inputs=pc_inputs, grid="time_uniform", ends_clean=False,
     init_state=lambda x: x, finalize=_pc_finalize, stochastic=True, markov=False, nfe=pc_nfe,
     default_t_min=lambda process, steps: (process.t_max / steps if isinstance(
-        process, sde_lib.SDES) else process.t_min),
+        process, sde_lib.SDES + (FlowProcess,)) else process.t_min),
     validate=lambda process, opts, steps: check_pc_options(process, opts, steps),
     options={"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16,
              "n_steps": 1, "probability_flow": False, "denoise": True},
@@ -203,6 +203,7 @@ def _ald_finalize(denoiser: Any, x: Array, state: Array, inp: StepInput,
 
 ALD = SamplerSpec(
     name="ald", step=ald_step, inputs=ald_inputs, grid="logSNR", continuous_grid="logSNR",
+    own_grid=True,
     ends_clean=False, continuous_steps=10, finalize=_ald_finalize, stochastic=True,
     markov=False, nfe=lambda steps, opts: steps * opts["steps_per_level"] + opts["denoise"],
     options={"steps_per_level": 100, "step_lr": 2e-5, "denoise": False},
@@ -226,6 +227,10 @@ def check_pc_options(process: Any, opts: Mapping[str, Any], num_steps: int) -> N
       raise ValueError(f"predictor 'reverse_diffusion' walks the schedule's own "
                        f"{process.num_timesteps} steps; num_steps={num_steps} needs "
                        "predictor='euler_maruyama'")
+  if isinstance(process, FlowProcess) and process.t_max == 1.0:
+    raise ValueError("pc runs the reverse SDE, whose drift d log alpha / dt is infinite at "
+                     "t = 1 of a flow (alpha = 0); use FlowProcess(t_max=0.999) or another "
+                     "sampler")
   if isinstance(process, sde_lib.VPSDE) and grids.is_concrete(process.beta_max) \
       and float(np.max(process.beta_max)) >= num_steps and opts["predictor"] != "none":
     raise ValueError(f"pc with num_steps={num_steps} on a VP SDE with beta_max="

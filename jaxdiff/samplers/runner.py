@@ -4,8 +4,9 @@
 ValueErrors before anything compiles), then runs one jitted function: it builds the time
 grid and the per-step inputs from the denoiser's process, draws or takes the starting state,
 and scans the sampler's step (`jaxdiff.samplers.spec`) over the steps in one
-``jax.lax.scan``, with inpainting (replacement and RePaint's jumps back), SDEdit's late
-start and trajectories as wrappers around any step.
+``jax.lax.scan``, with inpainting (replacement and RePaint's jumps back), ILVR's low-pass
+replacement (`jaxdiff.samplers.ilvr`), SDEdit's late start and trajectories as wrappers
+around any step.
 
 Compilation: the denoiser is a pytree whose arrays (the parameters of a
 ``jax.tree_util.Partial`` model, the process's coefficients), the float options (eta, snr,
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import schedules
-from jaxdiff.samplers import checks, grids, inpainting, table
+from jaxdiff.samplers import checks, grids, ilvr, inpainting, table
 from jaxdiff.samplers.spec import SamplerSpec, pair_inputs
 
 Array = Any
@@ -50,6 +51,7 @@ class Plan:
   jump_length: int
   resample_count: int
   start_steps: Optional[int]   # SDEdit: only the last this many steps run
+  ilvr_factor: Optional[int] = None  # ILVR: the low-pass block size N
 
   @property
   def spec(self) -> SamplerSpec:
@@ -98,10 +100,15 @@ def _times(process: Any, plan: Plan, arrays: Mapping[str, Any],
   if plan.timesteps is not None:
     return jnp.asarray(plan.timesteps[::-1], jnp.int32)
   t_min = opts.get("t_min")
+  # A sampler that ends with a step to the clean end stops one point before a grid end that
+  # is clean itself (t = 0 of a flow), so that its N steps are N evaluations.
+  drop_end = (plan.spec.ends_clean and t_min is None and plan.grid in grids.TIME_KINDS
+              and getattr(process, "clean_t_min", False))
   if t_min is None and plan.spec.default_t_min is not None:
     t_min = plan.spec.default_t_min(process, plan.num_steps)
-  return grids.default_times(process, plan.grid, plan.num_steps + plan.spec.endpoint,
-                             t_min=t_min, rho=opts.get("rho", 7.0))
+  times = grids.default_times(process, plan.grid, plan.num_steps + plan.spec.endpoint + drop_end,
+                              t_min=t_min, rho=opts.get("rho", 7.0))
+  return times[:-1] if drop_end else times
 
 
 def _step_inputs(process: Any, plan: Plan, times: Array, opts: Mapping[str, Any]) -> Any:
@@ -163,6 +170,10 @@ def _execute(denoiser: Any, rng: Array, arrays: Mapping[str, Any], *,
       x, state = spec.step(denoiser, c[0], c[1], inp, key_step, opts)
       if plan.inpaint:
         x = jnp.where(arrays["mask"], inpainting.known_at(inp.t, arrays["known"], key_known), x)
+      if plan.ilvr_factor is not None:
+        reference_t = inpainting.known_at(inp.t, arrays["reference"],
+                                          jax.random.fold_in(key_known, 1))
+        x = ilvr.replace_low_pass(x, reference_t, plan.ilvr_factor)
       return x, state
 
     def back(c: tuple[Array, Any]) -> tuple[Array, Any]:
@@ -178,6 +189,8 @@ def _execute(denoiser: Any, rng: Array, arrays: Mapping[str, Any], *,
     x = spec.finalize(denoiser, x, state, last, opts)
   if plan.inpaint:
     x = jnp.where(arrays["mask"], arrays["known"].astype(x.dtype), x)
+  if plan.ilvr_factor is not None:
+    x = ilvr.replace_low_pass(x, arrays["reference"], plan.ilvr_factor)
   return x, frames
 
 
@@ -189,6 +202,13 @@ def _default_steps(spec: SamplerSpec, process: Any) -> int:
   return spec.continuous_steps
 
 
+def _continuous_default(spec: SamplerSpec, process: Any) -> str:
+  """The sampler's grid on a continuous process: the process's own default where it has one
+  (a flow's uniform t), unless the sampler's grid is part of its method (`SamplerSpec`)."""
+  own = getattr(process, "default_grid", None)
+  return spec.continuous_grid if own is None or spec.own_grid else own
+
+
 def _grid(spec: SamplerSpec, process: Any, *, num_steps: Optional[int], grid: Optional[str],
           timesteps: Optional[Sequence[int]], times: Optional[Array]
           ) -> tuple[int, str, Optional[tuple[int, ...]]]:
@@ -198,7 +218,7 @@ def _grid(spec: SamplerSpec, process: Any, *, num_steps: Optional[int], grid: Op
   if len(given) > 1:
     raise ValueError(f"give at most one of num_steps, timesteps, times (or sigmas); got {given}")
   discrete = isinstance(process, schedules.Schedule)
-  kind = grid or (spec.grid if discrete else spec.continuous_grid)
+  kind = grid or (spec.grid if discrete else _continuous_default(spec, process))
   grids.check_kind(kind)
   points = lambda n: n - spec.endpoint
   if timesteps is not None:
@@ -260,6 +280,7 @@ def prepare(denoiser: Any, rng: Any, shape: Optional[Sequence[int]] = None, *,
             known: Optional[Array] = None, mask: Optional[Array] = None,
             jump_length: int = 1, resample_count: int = 1, start: Optional[Array] = None,
             strength: Optional[float] = None, trajectory_stride: Optional[int] = None,
+            reference: Optional[Array] = None, ilvr_factor: Optional[int] = None,
             **options: Any) -> tuple[Plan, dict, Array, int]:
   """Checks a request of :func:`sample` and returns (plan, traced arrays, key, evaluations)."""
   checks.check_denoiser(denoiser)
@@ -274,6 +295,9 @@ def prepare(denoiser: Any, rng: Any, shape: Optional[Sequence[int]] = None, *,
   integer_times = kept is not None or (times is None and kind == "discrete") or (
       times is not None and jnp.issubdtype(jnp.result_type(times), jnp.integer))
   shape, arrays = _inputs(shape, x_T, known, mask, start)
+  if reference is not None or ilvr_factor is not None:
+    ilvr_factor = ilvr.check_reference(reference, ilvr_factor, shape)
+    arrays["reference"] = reference
   opts = {**dict(static), **{k: v for k, v in traced.items() if grids.is_concrete(v)}}
   _check_fit(spec, denoiser, kind, integer_times, opts)
   if spec.validate is not None:
@@ -293,7 +317,8 @@ def prepare(denoiser: Any, rng: Any, shape: Optional[Sequence[int]] = None, *,
                      f"(known=, mask=) and a Markov sampler (ddpm, ddim, edm_heun), not "
                      f"{sampler!r}")
   if rng is None:
-    if x_T is None or known is not None or start is not None or not _deterministic(spec, traced):
+    if (x_T is None or known is not None or start is not None or reference is not None
+        or not _deterministic(spec, traced)):
       raise ValueError(f"rng may be None only for a deterministic run of {sampler!r} from a "
                        "given x_T (e.g. ddim with eta = 0)")
     rng = jax.random.PRNGKey(0)
@@ -304,7 +329,8 @@ def prepare(denoiser: Any, rng: Any, shape: Optional[Sequence[int]] = None, *,
   plan = Plan(sampler=sampler, num_steps=steps, grid=kind, timesteps=kept,
               explicit_times=times is not None, static_options=static, shape=shape,
               trajectory_stride=stride, inpaint=known is not None, jump_length=jump_length,
-              resample_count=resample_count, start_steps=None if start is None else run)
+              resample_count=resample_count, start_steps=None if start is None else run,
+              ilvr_factor=ilvr_factor)
   downs = int(np.sum(~plan.transitions()[1]))
   return plan, arrays, rng, spec.nfe(downs, {**dict(static), **traced})
 
@@ -339,6 +365,9 @@ def sample(denoiser: Any, rng: Any, shape: Optional[Sequence[int]] = None, *,
       ``resample_count > 1`` and ``jump_length``, RePaint's resampling.
     start, strength: SDEdit (Meng et al. 2022): noise ``start`` to the grid point at
       ``strength`` of the chain and run only its last ceil(strength * N) steps.
+    reference, ilvr_factor: ILVR (Choi et al. 2021): after every step replace the low-pass
+      content (block means of ilvr_factor x ilvr_factor pixels) of x by that of the
+      reference noised to the step's level; the output's is the reference's exactly.
     trajectory_stride: also return the states every this many steps.
     **options: the sampler's options (``jaxdiff.samplers.SAMPLERS[name].options``) and
       ``t_min``, the end of continuous grids (default: the process's).

@@ -59,7 +59,9 @@ class SamplerSpec:
   """A table entry (see the module docstring).
 
   step: the step function. grid: the default grid kind (`grids.GRID_KINDS`; "discrete" on a
-  `Schedule` becomes its strided timesteps, other processes use ``continuous_grid``).
+  `Schedule` becomes its strided timesteps, other processes use ``continuous_grid``, or the
+  process's own ``default_grid`` when it has one, unless ``own_grid``: the grid is part of
+  the method, as EDM's Karras levels and NCSN's geometric ladder are).
   ends_clean: the chain's last step goes to the clean end (it returns the data prediction).
   endpoint: the steps go between grid points that include the end t_min, so N steps take
   N + 1 points (otherwise N points: to the clean end, or one step from each point).
@@ -85,6 +87,7 @@ class SamplerSpec:
   summary: str
   grid: str = "discrete"
   continuous_grid: str = "time_uniform"
+  own_grid: bool = False
   ends_clean: bool = True
   endpoint: bool = False
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)

@@ -77,7 +77,11 @@ def solve_ode(vector_field: Callable[[Array, Any], Any], y0: Any, *, t0: float, 
 
 def probability_flow_drift(score_fn: ScoreFn, process: Any) -> Callable[[Array, Array], Array]:
   """f(x, t) - g(t)^2 score(x, t) / 2, the probability-flow ODE's velocity (Song et al. 2021,
-  eq. 13), with a scalar t."""
+  eq. 13), with a scalar t. ``score_fn`` may also be a denoiser (`jaxdiff.denoisers`): the
+  drift is then its velocity alpha' x0 + sigma' eps (`jaxdiff.denoisers.velocity`), the same
+  field, finite where alpha = 0 (t = 1 of a flow), where a score says nothing of x0."""
+  if denoisers.is_denoiser(score_fn):
+    return lambda t, x: denoisers.velocity(score_fn, x, jnp.full((x.shape[0],), t, x.dtype))
   rsde = process.reverse(score_fn, probability_flow=True)
 
   def drift(t: Array, x: Array) -> Array:
@@ -87,20 +91,25 @@ def probability_flow_drift(score_fn: ScoreFn, process: Any) -> Callable[[Array, 
 
 def validate(score_fn: ScoreFn, shape: tuple[int, ...], eps: float, process: Any = None) -> None:
   """Raises ValueError for an end time eps outside (0, 1) of an SDE (or outside
-  [t_min, t_max) of another process) or a score_fn whose output is not shaped as x."""
+  [t_min, t_max) of another process) or a score_fn (or denoiser) whose output is not shaped
+  as x."""
   if process is None or isinstance(process, sde_lib.SDES):
     sde_lib.check_eps(eps)
   elif not float(process.t_min) <= eps < float(process.t_max):
     raise ValueError(f"eps must lie in [{process.t_min}, {process.t_max}), got {eps}")
   x = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
   t = jax.ShapeDtypeStruct((shape[0],), jnp.float32)
-  sde_lib.check_score_fn(score_fn, x, t)
+  if denoisers.is_denoiser(score_fn):
+    sde_lib.check_score_fn(lambda y, u: score_fn(y, u).x0, x, t)
+  else:
+    sde_lib.check_score_fn(score_fn, x, t)
 
 
 @functools.partial(jax.jit, static_argnames=("solver", "rtol", "atol", "eps"))
 def _adaptive(score: denoisers.Traceable, process: Any, x: Array, *, solver: str, rtol: float,
               atol: float, eps: float) -> tuple[Array, Array]:
-  return solve_ode(probability_flow_drift(score, process), x, t0=float(process.t_max), t1=eps,
+  field = score.fn if denoisers.is_denoiser(score.fn) else score
+  return solve_ode(probability_flow_drift(field, process), x, t0=process.t_max, t1=eps,
                    solver=solver, rtol=rtol, atol=atol)
 
 
@@ -108,8 +117,9 @@ def probability_flow_sampler(score_fn: ScoreFn, sde: Any, rng: Array, shape: tup
                              solver: str = "tsit5", rtol: float = 1e-5, atol: float = 1e-5,
                              num_steps: int | None = None, eps: float = 1e-3,
                              x_T: Array | None = None) -> tuple[Array, Array]:
-  """Samples by solving the probability-flow ODE (Song et al. 2021, eq. 13) from t = 1 to eps,
-  starting at x_T ~ p_T. Adaptive solvers treat the whole batch as one ODE state (one shared
+  """Samples by solving the probability-flow ODE (Song et al. 2021, eq. 13) from t_max to eps,
+  starting at x_T ~ p_T (``score_fn``: a score function or a denoiser, see
+  `probability_flow_drift`). Adaptive solvers treat the whole batch as one ODE state (one shared
   step size); "heun" and "euler" run `num_steps` fixed steps in the chain runner. The score's
   arrays (a `jax.tree_util.Partial`'s parameters) are traced: new parameters do not
   recompile. Returns (samples at t = eps, number of score evaluations).
@@ -117,7 +127,8 @@ def probability_flow_sampler(score_fn: ScoreFn, sde: Any, rng: Array, shape: tup
   check_solver(solver, num_steps)
   validate(score_fn, shape, eps, sde)
   if not SOLVERS[solver][1]:
-    den = denoisers.make_denoiser(score_fn, sde, prediction="score")
+    den = score_fn if denoisers.is_denoiser(score_fn) else denoisers.make_denoiser(
+        score_fn, sde, prediction="score")
     x, _, nfe = runner.run(den, rng, shape, sampler=solver, num_steps=num_steps, t_min=eps,
                            x_T=x_T)
     return x, nfe
