@@ -357,3 +357,24 @@ def test_tokenize_refuses_unknown_words_and_long_captions_in_one_line():
   ids = caption_set.tokenize("Large dark ankle boot.", max_length=6)
   assert [caption_set.vocabulary[i] for i in ids] == [
       "<bos>", "large", "dark", "ankle", "boot", "<pad>"]
+
+
+@pytest.mark.parametrize("latent", [True, False])
+@pytest.mark.parametrize("section,field,value,message", [
+    ("data", "task", {"name": "super_resolution"}, "does not combine with an image-to-image task"),
+    ("diffusion", "objective", "masked", "does not combine with the discrete objective")])
+def test_latent_and_caption_runs_reject_image_tasks_and_discrete_objectives(
+    latent, section, field, value, message):
+  config = schema.load_config_file(ROOT / "configs" / "fashion_latent.py")
+  if latent:
+    config.autoencoder.workdir = "runs/fashion_autoencoder"
+  else:
+    config.autoencoder.update(workdir=None, latent_channels=None)
+  validation.validate_config(config, num_devices=1)
+  if isinstance(value, dict):
+    config[section][field].update(value)
+  else:
+    config[section][field] = value
+  who = "a latent run" if latent else "config.conditioner.name='text'"
+  with pytest.raises(validation.ConfigError, match=f"{who}.* {message}"):
+    validation.validate_config(config, num_devices=1)
