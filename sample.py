@@ -13,8 +13,11 @@ UNet2DModel folder (with its scheduler config) instead of a run. An image-to-ima
 (config.data.task) is conditioned on --condition (an image or .npz), else on the test
 split's degraded images, and also writes its inputs and references beside the outputs;
 --cascade DIR... adds super-resolution stages after --workdir; --reference with
---ilvr_factor guides an unconditional run by ILVR. Example:
+--ilvr_factor guides an unconditional run by ILVR. A caption model samples --prompt
+captions (default: its class names); a latent run's samples are decoded by its
+autoencoder. Examples:
     python sample.py --workdir runs/digits --sampler dpm_solver_pp_2m --num_steps 20
+    python sample.py --workdir runs/fashion_latent --prompt "dark sneaker" --guidance_scale 3
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--eta", type=float, help="DDIM noise scale (default: config.sample.eta)")
   p.add_argument("--guidance_scale", type=float, help="classifier-free guidance scale")
   p.add_argument("--labels", help="comma-separated class labels, cycled over the samples")
+  p.add_argument("--prompt", action="append",
+                 help="a caption model's caption (repeat for several, cycled over the samples)")
   p.add_argument("--seed", type=int, help="default: config.sample.seed")
   p.add_argument("--dynamic_threshold", type=float, help="percentile (Saharia et al. 2022)")
   p.add_argument("--no_clip", action="store_true", help="do not clip predicted x0 to [-1, 1]")

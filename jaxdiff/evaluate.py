@@ -4,6 +4,11 @@ Metrics (`--metrics`, comma-separated; see jaxdiff.job.evaluation):
   bpd            test-set bits/dim with the full variational bound, and its standard error
   classifier_fd  Frechet distance in the features of a small classifier trained on the data
   fid            FID and Inception Score; needs --inception_weights (FID Inception .npz)
+  reconstruction an autoencoder run's PSNR on --bpd_split (first --bpd_examples images) and
+                 the statistics of its latents; with classifier_fd, the classifier Frechet
+                 distance of those reconstructions and of the same real images (its floor)
+  prompt_accuracy  share of samples asked for class k (label, or class name as caption)
+                 that the classifier of classifier_fd assigns to k, at each --guidance_scale
   restoration    PSNR, SSIM (and the consistency error of super-resolution) of an
                  image-to-image run's sample.py .npz (--samples, with its "inputs" and
                  "references") beside the task's trivial baseline (bicubic upsampling, ...)
@@ -60,6 +65,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                  help="a sampler of jaxdiff.config.sampling (default: config.sample)")
   p.add_argument("--num_steps", type=int, default=None)
   p.add_argument("--eta", type=float, default=None)
+  p.add_argument("--guidance_scale", default=None,
+                 help="comma-separated guidance scales for prompt_accuracy (default: "
+                      "config.sample's)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--reference_split", default=None,
                  help="data split of the reference statistics (default: config.data.split)")
@@ -77,22 +85,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   args = p.parse_args(argv)
   if (args.workdir is None) == (args.pretrained is None):
     raise cli.CliError("give exactly one of --workdir (a training run) and --pretrained")
+  _parse_metrics(args)
+  for name in ("num_samples", "batch_size", "bpd_batch_size", "bpd_examples", "num_steps"):
+    value = getattr(args, name)
+    if value is not None and value < 1:
+      raise cli.CliError(f"--{name} must be >= 1, got {value}")
+  return args
+
+
+def _parse_metrics(args: argparse.Namespace) -> None:
+  """Splits --metrics and --guidance_scale into lists; checks each metric has its inputs."""
   args.metrics = [m for m in args.metrics.split(",") if m]
   unknown = [m for m in args.metrics if m not in metrics.TOOL_METRICS]
   if unknown or not args.metrics:
     raise cli.CliError(f"--metrics: unknown metric(s) {unknown or args.metrics}; choose from "
                    f"{', '.join(metrics.TOOL_METRICS)}")
+  if args.guidance_scale is not None:
+    try:
+      args.guidance_scale = [float(v) for v in args.guidance_scale.split(",")]
+    except ValueError:
+      raise cli.CliError(f"--guidance_scale {args.guidance_scale!r}: expected comma-separated "
+                         "numbers") from None
   if "restoration" in args.metrics and args.samples is None:
     raise cli.CliError("--metrics restoration scores a sample.py .npz of an image-to-image "
                        "run: give --samples")
   if "fid" in args.metrics and not args.inception_weights:
     raise cli.CliError("--metrics fid needs --inception_weights (the FID Inception .npz; see "
                    "jaxdiff/evaluation/inception.py for the conversion)")
-  for name in ("num_samples", "batch_size", "bpd_batch_size", "bpd_examples", "num_steps"):
-    value = getattr(args, name)
-    if value is not None and value < 1:
-      raise cli.CliError(f"--{name} must be >= 1, got {value}")
-  return args
 
 
 def _load_samples(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
@@ -107,6 +126,20 @@ def _load_samples(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
     raise cli.CliError(f"--samples {path!r} holds {samples.dtype} {samples.shape}; expected "
                    f"uint8 [N, {', '.join(map(str, image_shape))}]")
   return images.from_uint8(samples)
+
+
+def _check_run_kind(args: argparse.Namespace, config: Any) -> None:
+  """An autoencoder run has only "reconstruction"; a latent run has no image bits/dim."""
+  autoencoder = config.model.name == "autoencoder_kl"
+  if autoencoder and ("reconstruction" not in args.metrics
+                      or set(args.metrics) - {"reconstruction", "classifier_fd"}):
+    raise cli.CliError(f"--metrics {','.join(args.metrics)}: an autoencoder run has "
+                       "'reconstruction' (and 'classifier_fd' of its reconstructions) only")
+  if not autoencoder and "reconstruction" in args.metrics:
+    raise cli.CliError("--metrics reconstruction: only an autoencoder run has it")
+  if "bpd" in args.metrics and builders.is_latent(config):
+    raise cli.CliError("--metrics bpd: this run diffuses latents; their bits/dim are not the "
+                       "images'")
 
 
 def _restoration(path: str, config: Any) -> dict[str, Any]:
@@ -174,9 +207,8 @@ def _sample_metrics(args: argparse.Namespace, run: tuple, rng: jax.Array,
   if "words" in args.metrics:
     results.update(metrics.word_metrics(config, samples, seed=args.seed))
   if "classifier_fd" in args.metrics:
-    reference = metrics.classifier_reference(config.data, cache_dir=cache_dir,
-                                             split=args.reference_split)
-    results["classifier_fd"] = metrics.classifier_frechet_distance(reference, samples)
+    results["classifier_fd"] = metrics.classifier_frechet_distance(
+        _classifier_reference(args, config), samples)
   if "fid" in args.metrics:
     try:
       reference = metrics.inception_reference(config.data, weights_path=args.inception_weights,
@@ -205,16 +237,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   config = loaded[0]
   if args.dataset is not None:
     config.data.update(name=args.dataset)
-  _check_sampler(args, config)
+  _check_run_kind(args, config)
+  if config.model.name != "autoencoder_kl":
+    _check_sampler(args, config)
   rng = jax.random.PRNGKey(args.seed)
   results: dict[str, Any] = {"step": loaded[4], "ema": args.ema}
   if "bpd" in args.metrics:
     results.update(_bpd(args, loaded, rng, mesh))
   if "restoration" in args.metrics:
     results.update(_restoration(args.samples, config))
-  if {"classifier_fd", "fid", "words"} & set(args.metrics):
+  if "reconstruction" in args.metrics:
+    reference = _classifier_reference(args, config) if "classifier_fd" in args.metrics else None
+    results.update(metrics.reconstruction_metrics(
+        config, loaded[1], loaded[2], rng, split=args.bpd_split,
+        max_examples=args.bpd_examples or 1000, batch_size=args.batch_size,
+        reference=reference))
+  elif {"classifier_fd", "fid", "words"} & set(args.metrics):
     results.update(_sample_metrics(args, loaded, rng, mesh))
+  if "prompt_accuracy" in args.metrics:
+    results["prompt_accuracy"] = _prompt_accuracy(args, loaded, rng, mesh)
   return results
+
+
+def _classifier_reference(args: argparse.Namespace, config: Any) -> Any:
+  """The data's classifier and the feature statistics of --reference_split (cached)."""
+  return metrics.classifier_reference(
+      config.data, cache_dir=args.cache_dir or metrics.default_cache_dir(),
+      split=args.reference_split)
+
+
+def _prompt_accuracy(args: argparse.Namespace, run: tuple, rng: jax.Array,
+                     mesh: Any) -> dict[str, float]:
+  """prompt_accuracy at each --guidance_scale, from the same keys."""
+  config, model, params = run[:3]
+  reference = _classifier_reference(args, config)
+  scales = args.guidance_scale or [config.sample.guidance_scale]
+  try:
+    return {str(scale): metrics.prompt_accuracy(
+        config, model, params, rng, reference, num_samples=args.num_samples,
+        batch_size=min(args.batch_size, args.num_samples), guidance_scale=scale, mesh=mesh)
+        for scale in scales}
+  except ValueError as e:
+    raise cli.CliError(f"--metrics prompt_accuracy: {e}") from None
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -148,7 +148,7 @@ def test_bad_input_is_one_clear_line(workdir, tmp_path, capsys):
       (["--workdir", workdir, "--mask", str(tmp_path / "x.png")], "--mask needs --image"),
       (["--workdir", workdir, "--sampler", "sdedit", "--image", str(tmp_path / "no.png")],
        "--image: no file at"),
-      (["--workdir", workdir, "--guidance_scale", "3"], "needs a class-conditional model"),
+      (["--workdir", workdir, "--guidance_scale", "3"], "needs a conditional model"),
       (["--workdir", workdir, "--bogus"], "unrecognized arguments: --bogus"),
   ]
   for argv, message in cases:

@@ -16,7 +16,8 @@ from typing import Any
 import ml_collections
 
 from jaxdiff import consistency, diffusion, ema, flow, losses, processes, schedules
-from jaxdiff.config import builders, categorical, objectives, sampling
+from jaxdiff.config import builders, categorical, latent_checks, objectives, sampling
+from jaxdiff.config.errors import ConfigError
 from jaxdiff.data import tasks
 from jaxdiff.config.schema import MODEL_NAMES, base_config, model_config
 from jaxdiff.evaluation import METRICS
@@ -63,10 +64,6 @@ RESUME_SAFE_FIELDS = (
 )
 
 
-class ConfigError(ValueError):
-  """A config that cannot be trained (or resumed) as given; the message is one line."""
-
-
 def _check_keys(config: Any, schema: Any, path: str) -> None:
   if not isinstance(config, (dict, ml_collections.ConfigDict)):
     raise ConfigError(f"config{path} must be a section (ConfigDict), got {config!r}.")
@@ -108,6 +105,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   _check_model_name(config)
   _check_keys(config, base_config(model=config.model.name), "")
   for (section, field), choices in _CHOICES.items():
+    if field not in config[section]:  # e.g. the autoencoder has no dtype
+      continue
     value = config[section][field]
     if value not in choices:
       raise ConfigError(f"config.{section}.{field}={value!r} is not one of {choices}.")
@@ -121,6 +120,34 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
       raise ConfigError(
           f"config.{section}.{field}={value} is not divisible by the {num_devices} devices; "
           f"use a multiple of {num_devices}.")
+  if not 0.0 <= config.train.ema_decay < 1.0:
+    raise ConfigError(f"config.train.ema_decay={config.train.ema_decay}; expected [0, 1).")
+  if config.data.source == "idx" and not config.data.idx_dir:
+    raise ConfigError("config.data.source='idx' needs config.data.idx_dir, the IDX folder.")
+  _validate_optimizer(config.train)
+  if config.model.name == "autoencoder_kl":
+    latent_checks.validate_autoencoder_run(config)
+    return
+  latent_checks.validate_latent(config)
+  latent_checks.validate_conditioner(config)
+  latent_checks.validate_combination(config)
+  _validate_variance_and_labels(config)
+  try:
+    categorical.validate(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _validate_objective(config)
+  _validate_eval(config.eval, objective=config.diffusion.objective,
+                 source=config.data.source)
+  try:
+    _validate_task(config)
+  except ValueError as e:  # Task.check's and _validate_task's messages, as one ConfigError.
+    raise ConfigError(str(e).rstrip(".") + ".") from None
+
+
+def _validate_variance_and_labels(config: ml_collections.ConfigDict) -> None:
+  """A learned variance exactly when the model learns sigma; label dropout only for a
+  conditional model (class labels or a conditioner)."""
   learned = config.diffusion.variance in _LEARNED_VARIANCES
   learn_sigma = config.model.get("learn_sigma", False)
   if learned != bool(learn_sigma) and not categorical.is_categorical(config):
@@ -133,26 +160,11 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
         f"config.diffusion.variance in {_LEARNED_VARIANCES}.")
   if not 0.0 <= config.train.label_dropout < 1.0:
     raise ConfigError(f"config.train.label_dropout={config.train.label_dropout}; expected [0, 1).")
-  if config.train.label_dropout > 0 and config.model.num_classes is None:
+  conditional = config.model.get("num_classes") is not None or config.conditioner.name is not None
+  if config.train.label_dropout > 0 and not conditional:
     raise ConfigError(
-        f"config.train.label_dropout={config.train.label_dropout} needs a class-conditional "
-        "model: set config.model.num_classes.")
-  if not 0.0 <= config.train.ema_decay < 1.0:
-    raise ConfigError(f"config.train.ema_decay={config.train.ema_decay}; expected [0, 1).")
-  if config.data.source == "idx" and not config.data.idx_dir:
-    raise ConfigError("config.data.source='idx' needs config.data.idx_dir, the IDX folder.")
-  _validate_optimizer(config.train)
-  try:
-    categorical.validate(config)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  _validate_objective(config)
-  _validate_eval(config.eval, objective=config.diffusion.objective,
-                 source=config.data.source)
-  try:
-    _validate_task(config)
-  except ValueError as e:  # Task.check's and _validate_task's messages, as one ConfigError.
-    raise ConfigError(str(e).rstrip(".") + ".") from None
+        f"config.train.label_dropout={config.train.label_dropout} needs a conditional "
+        "model: set config.model.num_classes or config.conditioner.name.")
 
 
 def _validate_task(config: ml_collections.ConfigDict) -> None:

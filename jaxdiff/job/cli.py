@@ -20,7 +20,7 @@ from jaxdiff import images, parallel
 from jaxdiff.config import builders, sampling, schema
 from jaxdiff.data import tasks, words
 from jaxdiff.discrete import levels
-from jaxdiff.job import checkpoints, generation
+from jaxdiff.job import checkpoints, generation, latents
 from jaxdiff.models import diffusers_scheduler, pretrained
 
 
@@ -104,6 +104,32 @@ def parse_labels(text: str | None, *, num_classes: int | None,
       raise CliError(f"--labels: class {int(bad[0])} does not exist; the model has "
                      f"{num_classes} classes (0..{num_classes - 1})")
   return generation.cycled_labels(num_classes, num_samples, wanted)
+
+
+def caption_tokens(prompts: list[str] | None, labels_text: str | None,
+                   config: ml_collections.ConfigDict, *, num_samples: int) -> np.ndarray | None:
+  """A caption model's token ids [num_samples, L]: the --prompt captions, or the class names
+  of --labels (default: every class), cycled; None for other models (where --prompt is an
+  error)."""
+  if config.conditioner.name != "text":
+    if prompts:
+      raise CliError("--prompt needs a caption model (config.conditioner.name='text'); this "
+                     "run has none")
+    return None
+  if prompts and labels_text is not None:
+    raise CliError("give --prompt or --labels, not both")
+  captions = builders.caption_set(config)
+  if not prompts:
+    wanted = parse_labels(labels_text, num_classes=len(captions.class_names),
+                          num_samples=num_samples)
+    return generation.class_captions(config, num_samples,
+                                     None if labels_text is None else wanted)
+  try:
+    rows = np.stack([captions.tokenize(text, max_length=config.conditioner.max_length)
+                     for text in prompts])
+  except ValueError as e:
+    raise CliError(f"--prompt: {e}") from None
+  return rows[np.arange(num_samples) % len(rows)]
 
 
 def _load_image(path: str, flag: str, *, channels: int, size: tuple[int, int]) -> np.ndarray:
@@ -273,6 +299,10 @@ def load_model(args: argparse.Namespace, mesh: Any) -> tuple:
     config, model, params, process = load_pretrained_run(args.pretrained)
     return config, model, params, process, "pretrained"
   config, restored = load_run(args.workdir, step=args.step, mesh=mesh)
+  try:
+    latents.resolve_config(config)  # a latent run's autoencoder must still be there
+  except ValueError as e:
+    raise CliError(str(e)) from None
   params = restored.state.ema_params if args.ema else restored.state.params
   return config, builders.build_model(config), params, None, restored.step
 
@@ -300,9 +330,11 @@ def sampling_request(args: argparse.Namespace, config: ml_collections.ConfigDict
   for name in sampling.SAMPLERS[args.sampler].inputs:
     if getattr(args, name) is None:
       raise CliError(f"--sampler {args.sampler} needs --{name}")
-  if args.guidance_scale is not None and config.model.num_classes is None:
-    raise CliError("--guidance_scale needs a class-conditional model; this one is "
-                   "unconditional (config.model.num_classes is None)")
+  tokens = caption_tokens(args.prompt, args.labels, config, num_samples=args.num_samples)
+  if (args.guidance_scale is not None and config.model.num_classes is None
+      and tokens is None):
+    raise CliError("--guidance_scale needs a conditional model; this one is "
+                   "unconditional (config.model.num_classes is None, no conditioner)")
   if args.rows is not None and not 1 <= args.rows <= args.num_samples:
     raise CliError(f"--rows must be in [1, {args.num_samples}], got {args.rows}")
   options = _runner_options(args)
@@ -328,8 +360,9 @@ def sampling_request(args: argparse.Namespace, config: ml_collections.ConfigDict
       batch_size=min(args.batch_size or 256, args.num_samples), sampler=args.sampler,
       num_steps=args.num_steps, image=guide, mask=mask, strength=args.strength,
       threshold=args.dynamic_threshold,
-      labels=parse_labels(args.labels, num_classes=config.model.num_classes,
-                          num_samples=args.num_samples),
+      labels=None if tokens is not None else parse_labels(
+          args.labels, num_classes=config.model.num_classes, num_samples=args.num_samples),
+      tokens=tokens,
       guidance_scale=config.sample.guidance_scale if args.guidance_scale is None
       else args.guidance_scale,
       clip_denoised=config.sample.clip_denoised and not args.no_clip,

@@ -34,11 +34,13 @@ from jaxdiff.evaluation.classifier import TrainedClassifier, load_or_train_class
 from jaxdiff.evaluation.datasets import load_images
 from jaxdiff.evaluation.inception_score import inception_score
 from jaxdiff.evaluation.words import bigram_words, unigram_words, word_statistics
-from jaxdiff.job import generation, runtime
+from jaxdiff.job import generation, latents, runtime
 
-
-# `python -m jaxdiff.evaluate --metrics` also scores a sample.py .npz of an image-to-image run.
-TOOL_METRICS = METRICS + ("restoration",)
+# The metrics of `python -m jaxdiff.evaluate`: METRICS (also for config.eval during training),
+# "restoration" (a sample.py .npz of an image-to-image run), "reconstruction" (an
+# autoencoder run's PSNR and latent statistics) and "prompt_accuracy" (how often a
+# classifier trained on the data recognizes the class a sample was asked for).
+TOOL_METRICS = METRICS + ("restoration", "reconstruction", "prompt_accuracy")
 
 
 def default_cache_dir() -> str:
@@ -226,6 +228,56 @@ def evaluate_during_training(config: ml_collections.ConfigDict, model: nn.Module
                                       cache_dir=cache_dir)
       results.update(fid_and_inception_score(reference, samples))
   return results
+
+
+def reconstruction_metrics(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
+                           key: jax.Array, *, split: Optional[str] = "test",
+                           max_examples: int = 1000, batch_size: int = 256,
+                           reference: Optional[ClassifierReference] = None) -> dict[str, Any]:
+  """An autoencoder run's mean PSNR (dB, 8-bit reconstructions of the posterior mean) on the
+  first `max_examples` images of `split`, and the statistics of their unscaled latents.
+
+  With a classifier `reference`, also the classifier Frechet distance of the reconstructions
+  ("reconstruction_classifier_fd", Rombach et al. 2022's rFID in the classifier's features)
+  and of the same real images ("data_classifier_fd", its floor at this sample size).
+  """
+  data_images, _ = load_images(config.data, split=split, max_examples=max_examples)
+  apply = jax.jit(model.apply)
+  recon = np.concatenate([np.asarray(apply({"params": params}, data_images[i:i + batch_size]))
+                          for i in range(0, len(data_images), batch_size)])
+  recon = images.from_uint8(images.to_uint8(recon))
+  values = restoration.psnr(recon, data_images)
+  coder = latents.LatentCoder(params=params["autoencoder"], scale_factor=np.float32(1.0),
+                              autoencoder=model.autoencoder,
+                              sample_posterior=config.autoencoder.sample_posterior)
+  stats = latents.latent_statistics(coder, data_images, key=key, batch_size=batch_size)
+  distances = {} if reference is None else {
+      "reconstruction_classifier_fd": classifier_frechet_distance(reference, recon),
+      "data_classifier_fd": classifier_frechet_distance(reference, data_images)}
+  return {**distances, "psnr": float(values.mean()),
+          "psnr_stderr": float(values.std() / np.sqrt(len(values))),
+          "reconstruction_examples": len(values),
+          **{f"latent_{name}": value for name, value in stats.items()}}
+
+
+def prompt_accuracy(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
+                    key: jax.Array, reference: ClassifierReference, *, num_samples: int,
+                    batch_size: int, guidance_scale: float,
+                    mesh: Optional[jax.sharding.Mesh] = None) -> float:
+  """Share of `num_samples` samples, asked for classes 0, 1, ..., K - 1 in turn (by label, or
+  for a caption model by the bare class name as prompt), that the data's classifier
+  (`reference.classifier`, trained on real images only) assigns to the class asked for."""
+  num_classes = reference.classifier.num_classes
+  wanted = generation.cycled_labels(num_classes, num_samples)
+  tokens = generation.class_captions(config, num_samples)
+  if tokens is None and config.model.get("num_classes") is None:
+    raise ValueError("prompt_accuracy needs a conditional model (class labels or captions)")
+  request = generation.request_from_config(
+      config, num_samples=num_samples, batch_size=batch_size, guidance_scale=guidance_scale,
+      labels=None if tokens is not None else wanted, tokens=tokens)
+  samples = generation.sample_batches(config, model, params, key, request, mesh=mesh)
+  predicted = reference.classifier.predict(images.from_uint8(images.to_uint8(samples)))
+  return float(np.mean(predicted == wanted))
 
 
 def restoration_metrics(config: ml_collections.ConfigDict, outputs: np.ndarray,

@@ -10,6 +10,12 @@ classifier-free guidance, the x0 maps (clipping, dynamic thresholding) and the s
 the table `jaxdiff.config.sampling.SAMPLERS`, with inpainting or SDEdit from a guide image,
 or ILVR from a reference image.
 
+A caption model is conditioned on caption tokens (`request.tokens`, cycled like labels; its
+null condition is the empty caption). A latent run samples latents of the recorded
+autoencoder and decodes them (`jaxdiff.job.latents`): every sampler, objective and guidance
+runs on the latents unchanged; a guide image is encoded (its posterior mean) and an
+inpainting mask keeps the latent pixels whose f x f image blocks are all known.
+
 Image-to-image runs (`config.data.task`, `jaxdiff.data.tasks`): `request.conditions` holds
 one condition per sample (cycled like labels; `test_conditions` takes them from the test
 split), bound to the model like labels (`model_fn_for`), noised to `request.aug_level` (CDM's
@@ -39,6 +45,7 @@ from jaxdiff import parallel, samplers, sde_samplers
 from jaxdiff.config import builders, categorical, objectives, sampling
 from jaxdiff.data import tasks
 from jaxdiff.evaluation import datasets
+from jaxdiff.job import inputs, latents
 from jaxdiff.samplers import discrete, pc
 
 
@@ -97,7 +104,8 @@ def model_fn_for(model: nn.Module, params: Any, *, labels: jax.Array | None = No
 @dataclasses.dataclass(frozen=True)
 class Request:
   """What to draw. `image` ([H, W, C] in [-1, 1]) with `mask` ([1, H, W, 1], True = known)
-  inpaints, `image` alone edits (SDEdit at `strength`); `options` are more runner options.
+  inpaints, `image` alone edits (SDEdit at `strength`); `options` are more runner options;
+  `tokens` are a caption model's caption token ids [N, L].
   `conditions` ([N, h, w, c] in [-1, 1], cycled over the samples) condition an
   image-to-image model at augmentation level `aug_level`; `reference` ([H, W, C]) with
   `ilvr_factor` N guides an unconditional model by ILVR."""
@@ -113,6 +121,7 @@ class Request:
   mask: Optional[np.ndarray] = None
   strength: float = 0.5
   options: tuple[tuple[str, Any], ...] = ()
+  tokens: Optional[np.ndarray] = None
   conditions: Optional[np.ndarray] = None
   aug_level: float = 0.0
   reference: Optional[np.ndarray] = None
@@ -127,6 +136,18 @@ def cycled_labels(num_classes: Optional[int], num_samples: int,
     return None
   wanted = np.arange(num_classes) if wanted is None else np.asarray(wanted)
   return np.resize(wanted, num_samples).astype(np.int32)
+
+
+def class_captions(config: ml_collections.ConfigDict, num_samples: int,
+                   wanted: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+  """A caption model's tokens [num_samples, L] of the bare class names, cycling `wanted`
+  (default every class); None for other models."""
+  if config.conditioner.name != "text":
+    return None
+  captions = builders.caption_set(config)
+  table = np.stack([captions.tokenize(name, max_length=config.conditioner.max_length)
+                    for name in captions.class_names])
+  return table[cycled_labels(len(captions.class_names), num_samples, wanted)]
 
 
 def test_conditions(config: ml_collections.ConfigDict, num_samples: int, *, seed: int = 0
@@ -150,6 +171,7 @@ def request_from_config(config: ml_collections.ConfigDict, **overrides: Any) -> 
   fields = dict(num_samples=num_samples, batch_size=min(num_samples, 256),
                 sampler=sample.sampler, num_steps=sample.num_steps,
                 labels=cycled_labels(config.model.num_classes, num_samples),
+                tokens=class_captions(config, num_samples),
                 guidance_scale=sample.guidance_scale, clip_denoised=sample.clip_denoised,
                 aug_level=sample.aug_level)
   if "conditions" not in overrides and tasks.task_from_config(config.data) is not None:
@@ -167,20 +189,36 @@ def _denoiser(config: ml_collections.ConfigDict, model_fn: Any, request: Request
                                   ancestral=sampling.SAMPLERS[request.sampler].sampler == "ddpm")
 
 
-def _guide_inputs(request: Request, shape: tuple[int, ...],
-                  sharding: jax.sharding.Sharding) -> dict[str, Any]:
+def _guide_inputs(request: Request, shape: tuple[int, ...], sharding: jax.sharding.Sharding,
+                  coder: Optional[latents.LatentCoder]) -> dict[str, Any]:
   """The runner's inpainting (known, mask), SDEdit (start, strength) or ILVR (reference,
-  ilvr_factor) arguments."""
+  ilvr_factor) arguments (inpainting and SDEdit in latent space for a latent run)."""
   if request.reference is not None:
     reference = np.broadcast_to(request.reference, shape).astype(np.float32)
     return {"reference": jax.device_put(reference, sharding),
             "ilvr_factor": request.ilvr_factor}
   if request.image is None:
     return {}
-  image = jax.device_put(np.broadcast_to(request.image, shape).astype(np.float32), sharding)
-  if request.mask is not None:
-    return {"known": image, "mask": jnp.asarray(request.mask)}
+  image, mask = request.image, request.mask
+  if coder is not None:
+    image = np.asarray(_encode_mean(coder, image[None]))[0]
+    if mask is not None:
+      f = request.mask.shape[1] // image.shape[0]
+      mask = mask.reshape(1, image.shape[0], f, image.shape[1], f, 1).all(axis=(2, 4))
+  image = jax.device_put(np.broadcast_to(image, shape).astype(np.float32), sharding)
+  if mask is not None:
+    return {"known": image, "mask": jnp.asarray(mask)}
   return {"start": image, "strength": request.strength}
+
+
+@jax.jit
+def _encode_mean(coder: latents.LatentCoder, images: jax.Array) -> jax.Array:
+  return coder.replace(sample_posterior=False).encode(images, jax.random.PRNGKey(0))
+
+
+@jax.jit
+def _decode(coder: latents.LatentCoder, batch: jax.Array) -> jax.Array:
+  return coder.decode(batch)
 
 
 def _condition_inputs(config: ml_collections.ConfigDict, request: Request, index: int,
@@ -215,6 +253,7 @@ def _prior_noise(key: jax.Array, scale: Any, *, shape: tuple[int, ...],
 
 def _one_batch(config: ml_collections.ConfigDict, den: Any, key: jax.Array, request: Request,
                sharding: jax.sharding.Sharding, shape: tuple[int, ...],
+               coder: Optional[latents.LatentCoder],
                runner_inputs: dict[str, Any]) -> jax.Array:
   """One batch from `key`: x_T = prior_std * N(0, I) on the devices, then the sampler."""
   noise_key, chain_key = jax.random.split(key)
@@ -228,7 +267,8 @@ def _one_batch(config: ml_collections.ConfigDict, den: Any, key: jax.Array, requ
   options = {**sampling.default_options(request.sampler, config), **dict(request.options)}
   return samplers.sample(den, chain_key, x_T=x_T, sampler=entry.sampler,
                          **sampling.grid_request(request.sampler, config, request.num_steps),
-                         **_guide_inputs(request, shape, sharding), **runner_inputs, **options)
+                         **_guide_inputs(request, shape, sharding, coder), **runner_inputs,
+                         **options)
 
 
 def sample_batches(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
@@ -241,25 +281,30 @@ def sample_batches(config: ml_collections.ConfigDict, model: nn.Module, params: 
   mesh = parallel.make_mesh() if mesh is None else mesh
   sharding = parallel.batch_sharding(mesh)
   batch_size = -(-request.batch_size // mesh.size) * mesh.size
-  shape = (batch_size,) + builders.image_shape(config)
+  shape = (batch_size,) + builders.model_input_shape(config)
   num_batches = -(-request.num_samples // batch_size)
+  coder = latents.load_coder(config, mesh) if builders.is_latent(config) else None
+  conditions = request.labels if request.tokens is None else request.tokens
   outputs = []
   for index in range(num_batches):
     labels = None
-    if request.labels is not None:
-      rows = np.resize(request.labels[index * batch_size:(index + 1) * batch_size], batch_size)
+    if conditions is not None:
+      part = conditions[index * batch_size:(index + 1) * batch_size]
+      rows = part[np.arange(batch_size) % len(part)]
       labels = jax.device_put(rows.astype(np.int32), sharding)
     batch_key = jax.random.fold_in(key, index)
     conditioning, runner_inputs = _condition_inputs(
         config, request, index, jax.random.fold_in(batch_key, 1), sharding, batch_size)
     model_fn = model_fn_for(model, params, labels=labels, guidance_scale=request.guidance_scale,
-                            null_label=config.model.num_classes, **conditioning)
+                            null_label=inputs.null_condition(config), **conditioning)
     if categorical.is_categorical(config):
       batch = categorical.generate(config, model_fn, batch_key, shape,
                                    num_steps=request.num_steps, sharding=sharding)
     else:
       batch = _one_batch(config, _denoiser(config, model_fn, request, process), batch_key,
-                         request, sharding, shape, runner_inputs)
+                         request, sharding, shape, coder, runner_inputs)
+    if coder is not None:
+      batch = _decode(coder, batch)
     outputs.append(np.asarray(multihost_utils.process_allgather(batch, tiled=True)))
     if on_batch is not None:
       on_batch(index + 1, num_batches)

@@ -20,6 +20,9 @@ from jaxdiff import ema
 from jaxdiff.config import builders
 from jaxdiff.config.objectives import LossFn
 
+# objective_fn(params, images, rng, step) -> per-example loss [B] (an autoencoder run's).
+ObjectiveFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+
 # Batch entries of an image-to-image task (jaxdiff.data.tasks), passed to the model by name.
 CONDITIONING_KEYS = ("condition", "aug_level")
 
@@ -95,13 +98,36 @@ def tree_all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
 
 
+def _model_labels(batch: dict[str, jax.Array], rng: jax.Array, *, num_classes: int | None,
+                  label_dropout: float) -> jax.Array | None:
+  """The model's `y`: the batch's caption tokens (their dropout already applied, see
+  `jaxdiff.job.inputs`), else its class labels dropped to the null label with probability
+  `label_dropout` (classifier-free guidance), else None (an unconditional model)."""
+  if "caption" in batch:
+    return batch["caption"]
+  if num_classes is None:
+    return None
+  if "label" not in batch:
+    raise ValueError(f"num_classes={num_classes} (class-conditional) but the batch has "
+                     f"no 'label': keys {sorted(batch)}.")
+  if label_dropout <= 0:
+    return batch["label"]
+  return drop_labels(rng, batch["label"], null_label=num_classes, drop_prob=label_dropout)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               loss_fn: LossFn, ema_decay: float, label_dropout: float = 0.0,
+               loss_fn: LossFn | None, ema_decay: float, label_dropout: float = 0.0,
                num_classes: int | None = None, proceed: jax.Array | None = None,
+               objective_fn: ObjectiveFn | None = None,
                posthoc_gammas: tuple[float, ...] = ()
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on `batch` ({"image": [B, H, W, C] in [-1, 1], "label": [B]}; an
   image-to-image task's "condition" and "aug_level" go to the model as keyword arguments).
+
+  A batch with a "caption" (caption tokens [B, L], see `jaxdiff.job.inputs`) gives
+  the model that as `y`, with its classifier-free-guidance dropout already applied. With
+  `objective_fn` (an autoencoder run) the loss is `objective_fn(params, batch["image"],
+  rng, step)` instead of `loss_fn` of the model.
 
   `rng` is the run's base key; this step's randomness is `fold_in(rng, state.step)`, so a
   resumed run repeats the same draws. The loss is the batch mean of `loss_fn`'s per-example
@@ -116,20 +142,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   """
   step_rng = jax.random.fold_in(rng, state.step)
   noise_rng, dropout_rng, label_rng = jax.random.split(step_rng, 3)
-  labels = None
-  if num_classes is not None:
-    if "label" not in batch:
-      raise ValueError(f"num_classes={num_classes} (class-conditional) but the batch has "
-                       f"no 'label': keys {sorted(batch)}.")
-    labels = batch["label"]
-  if labels is not None and label_dropout > 0:
-    labels = drop_labels(label_rng, labels, null_label=num_classes, drop_prob=label_dropout)
+  labels = _model_labels(batch, label_rng, num_classes=num_classes,
+                         label_dropout=label_dropout)
   conditioning = {key: batch[key] for key in CONDITIONING_KEYS if key in batch}
 
   if hasattr(loss_fn, "at_step"):  # A curriculum (objectives.CurriculumLoss).
     loss_fn = loss_fn.at_step(state.step)
 
   def objective(params: Any) -> jax.Array:
+    if objective_fn is not None:
+      return jnp.mean(objective_fn(params, batch["image"], noise_rng, state.step))
     def model_fn(x_t: jax.Array, t: jax.Array) -> jax.Array:
       return state.apply_fn({"params": params}, x_t, t, y=labels, train=True,
                             rngs={"dropout": dropout_rng}, **conditioning)
@@ -212,7 +234,7 @@ def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
   model, tx = builders.build_model(config), build_optimizer(config)
   return jax.eval_shape(
       lambda rng: init_train_state(rng, model=model, tx=tx,
-                                   image_shape=builders.image_shape(config),
+                                   image_shape=builders.model_input_shape(config),
                                    posthoc_profiles=len(config.train.posthoc_sigma_rels)),
       jax.random.PRNGKey(0))
 

@@ -55,7 +55,7 @@ from jaxdiff.job import checkpoints as checkpointing
 from jaxdiff.job import cli
 from jaxdiff.job import distill, distributed
 from jaxdiff.job import evaluation as eval_metrics
-from jaxdiff.job import generation
+from jaxdiff.job import generation, inputs, latents
 from jaxdiff.job import posthoc_ema
 from jaxdiff.job import step as training
 from jaxdiff.job import throughput as throughput_lib
@@ -186,16 +186,22 @@ def _check_preemption(run: _Run, step: int) -> None:
 
 
 def _save_samples(run: _Run, step: int) -> None:
-  """An EMA sample grid with `config.sample`'s sampler: samples/step_<step>.png."""
-  sample_rng = jax.random.PRNGKey(run.config.sample.seed)  # Grids at step s: fold_in(., s).
-  samples = generation.sample_batches(run.config, run.model, run.state.ema_params,
-                                      jax.random.fold_in(sample_rng, step),
-                                      generation.request_from_config(run.config),
-                                      mesh=run.mesh)
+  """An EMA sample grid with `config.sample`'s sampler: samples/step_<step>.png; for an
+  autoencoder run test images above their reconstructions: reconstructions/step_<step>.png."""
+  config = run.config
+  if config.model.name == "autoencoder_kl":
+    pictures, folder, rows = latents.reconstruction_grid(config, run.model,
+                                                         run.state.ema_params), \
+        "reconstructions", 2
+  else:
+    sample_rng = jax.random.PRNGKey(config.sample.seed)  # Grids at step s: fold_in(., s).
+    pictures, folder, rows = images.to_uint8(generation.sample_batches(
+        config, run.model, run.state.ema_params, jax.random.fold_in(sample_rng, step),
+        generation.request_from_config(config), mesh=run.mesh)), "samples", None
   if jax.process_index() == 0:
-    grid = images.save_grid(os.fspath(run.workdir / "samples" / f"step_{step:08d}.png"),
-                            images.to_uint8(samples))
-    run.writer.write_image(step, "samples_ema", grid)
+    grid = images.save_grid(os.fspath(run.workdir / folder / f"step_{step:08d}.png"),
+                            pictures, rows=rows)
+    run.writer.write_image(step, f"{folder}_ema", grid)
 
 
 def _evaluate(run: _Run, step: int) -> None:
@@ -256,22 +262,22 @@ def _check_finite(run: _Run, step: int) -> None:
   run.fetched, run.checked_step = sums, step
 
 
-def _loss_fn(run: _Run) -> Any:
-  """The run's objective, or a distillation run's loss (`job.distill`)."""
+def _step_objective(run: _Run) -> dict[str, Any]:
+  """`train_step`'s objective options: the run's (`inputs.step_objective`), or a
+  distillation run's loss (`job.distill`)."""
   if run.teacher is None:
-    return objectives.make_loss_fn(run.config.diffusion)
-  return distill.teacher_loss_fn(run.config, run.model, run.teacher)
+    return inputs.step_objective(run.config)
+  return {"loss_fn": distill.teacher_loss_fn(run.config, run.model, run.teacher)}
 
 
 def _compile_step(run: _Run, batch: dict[str, jax.Array]) -> None:
   """Compiles the step for `batch`'s shapes and reads its FLOPs for the throughput logs."""
   config = run.config
   step = jax.jit(
-      functools.partial(training.accumulating_train_step,
-                        loss_fn=_loss_fn(run),
+      functools.partial(training.accumulating_train_step, **_step_objective(run),
                         ema_decay=config.train.ema_decay,
                         label_dropout=config.train.label_dropout,
-                        num_classes=config.model.num_classes,
+                        num_classes=config.model.get("num_classes"),
                         posthoc_gammas=training.posthoc_gammas(config)),
       in_shardings=(run.shardings, run.replicated, run.batch_sharding, run.replicated),
       out_shardings=(run.shardings, run.replicated), donate_argnums=(0, 1))
@@ -328,7 +334,11 @@ def _open_data(config: ml_collections.ConfigDict) -> data.ImageSource:
     raise validation.ConfigError(
         f"config.data.channels={data_config.channels}, but the {name} has images of shape "
         f"{image.shape} ({image.shape[-1]} channels).")
-  num_classes = config.model.num_classes
+  num_classes = config.model.get("num_classes")
+  if config.conditioner.name == "text" and labels is None:
+    raise validation.ConfigError(
+        f"config.conditioner.name='text' builds captions from the labels, but the {name} has "
+        "none.")
   if num_classes is not None and labels is None:
     raise validation.ConfigError(
         f"config.model.num_classes={num_classes} needs labels, but the {name} has none.")
@@ -374,7 +384,7 @@ def _abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   """(the state with ShapeDtypeStruct leaves and shardings, the shardings, init_fn)."""
   model, tx = builders.build_model(config), training.build_optimizer(config)
   init_fn = functools.partial(training.init_train_state, model=model, tx=tx,
-                              image_shape=builders.image_shape(config),
+                              image_shape=builders.model_input_shape(config),
                               posthoc_profiles=len(config.train.posthoc_sigma_rels))
   abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   shardings = distributed.state_shardings(abstract_state, mesh,
@@ -467,12 +477,13 @@ def _setup(config: ml_collections.ConfigDict, workdir: epath.Path, *,
 def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
                   source: data.ImageSource, *, allow_config_change: bool) -> _Run:
   """Set-up and the step loop, in a workdir this job owns."""
+  coder = latents.training_coder(config, parallel.make_mesh())  # records the scale factor
   run = _setup(config, workdir, allow_config_change=allow_config_change)
   train_config = config.train
-  batches = data.device_batches(source, config.data, seed=train_config.seed,
-                                batch_size=train_config.batch_size, start_step=run.start_step,
-                                num_steps=train_config.num_steps,
-                                sharding=run.batch_sharding)
+  batches = inputs.model_batches(config, data.device_batches(
+      source, config.data, seed=train_config.seed, batch_size=train_config.batch_size,
+      start_step=run.start_step, num_steps=train_config.num_steps,
+      sharding=run.batch_sharding), coder=coder, start_step=run.start_step)
   run.progress = tqdm.tqdm(total=train_config.num_steps, initial=run.start_step, unit="step",
                            disable=jax.process_index() != 0)
   with _SigtermFlag() as run.sigterm:
@@ -497,6 +508,7 @@ def train(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike,
   `workdir`. Raises FloatingPointError on a non-finite step and `Preempted` after saving
   on SIGTERM.
   """
+  config = latents.resolve_config(config, workdir=workdir)
   validation.validate_config(config, num_devices=jax.device_count())
   source = _open_data(config)
   workdir = epath.Path(workdir)

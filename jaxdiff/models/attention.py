@@ -78,12 +78,14 @@ def self_attention(
     implementation: Literal["xla", "cudnn"] | None = None,
     kernel_init: nn.initializers.Initializer = default_init,
     out_init: nn.initializers.Initializer = default_init,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
   """Multi-head scaled dot-product self-attention over tokens (Vaswani et al. 2017, Eq. 1).
 
   ``softmax(q k^T / sqrt(d)) v`` per head, with ``q, k, v`` dense projections (with
   bias) of ``h [B, N, C]`` into ``heads`` heads of ``C // heads`` channels, then a dense
-  output projection back to ``C``. Must be called inside a compact Flax module: the
+  output projection back to ``C``. ``mask`` (bool, broadcastable to ``[B, heads, N, N]``)
+  keeps the attention weights where True. Must be called inside a compact Flax module: the
   projections are its submodules ``q``, ``k``, ``v`` and ``proj_out``.
   """
   channels = h.shape[-1]
@@ -93,7 +95,7 @@ def self_attention(
       )(h)
       for name in ("q", "k", "v")
   )
-  out = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
   return nn.DenseGeneral(
       channels, axis=(-2, -1), dtype=dtype, kernel_init=out_init, name="proj_out"
   )(out)

@@ -17,6 +17,7 @@ from jaxdiff.models.initializers import default_init, zero_init
 from jaxdiff.models.normalization import group_norm
 from jaxdiff.models.resample import Downsample, Upsample
 from jaxdiff.models.resnet import ResBlock
+from jaxdiff.models.spatial_transformer import SpatialTransformer, check_context
 
 # jax.image.resize methods for a lower-resolution condition (UNet.condition_resize).
 RESIZE_METHODS = ("nearest", "linear", "cubic", "lanczos3", "lanczos5")
@@ -92,10 +93,20 @@ class UNet(nn.Module):
     attention_implementation: ``None`` (jax's choice), ``"xla"`` or ``"cudnn"``
       (fused flash attention on NVIDIA GPUs with bf16/fp16 ``dtype``), passed to
       ``jax.nn.dot_product_attention``.
+    context_dim: width D of the context ``[B, L, D]`` that the cross-attention blocks
+      attend to (Rombach et al. 2022, Sec. 3.3); ``None``: no cross-attention.
+    transformer_resolutions: feature-map heights at which a ``SpatialTransformer``
+      (self-attention, cross-attention to the context, feed-forward) follows each
+      residual block (after its self-attention, if any), and follows the middle block's
+      attention when the lowest height is listed. Needs ``context_dim``.
+    transformer_depth: transformer blocks in each ``SpatialTransformer``.
     condition_channels: channels of the conditioning image (None: no image condition).
     condition_resize: the ``jax.image.resize`` method that brings a lower-resolution
       condition to the input's size (``"cubic"``, ``"linear"``, ``"nearest"``, ...).
     aug_level_embedding: condition on the augmentation level ``aug_level`` [B].
+
+  With the defaults of these fields (no cross-attention, no image condition, no
+  augmentation level) the parameter tree is exactly that of a U-Net without them.
   """
 
   out_channels: int | None = None
@@ -114,6 +125,9 @@ class UNet(nn.Module):
   dtype: DTypeLike = "float32"
   remat: bool = False
   attention_implementation: Literal["xla", "cudnn"] | None = None
+  context_dim: int | None = None
+  transformer_resolutions: Sequence[int] = ()
+  transformer_depth: int = 1
   condition_channels: int | None = None
   condition_resize: str = "cubic"
   aug_level_embedding: bool = False
@@ -146,12 +160,36 @@ class UNet(nn.Module):
           channels, num_heads=self.num_heads, num_head_channels=self.num_head_channels
       )
     dtype = compute_dtype(self.dtype)
+    self._validate_transformer_config()
     if self.attention_implementation not in (None, "xla", "cudnn"):
       raise ValueError(
           "attention_implementation must be None, 'xla' or 'cudnn', got "
           f"{self.attention_implementation!r}"
       )
     return dtype
+
+  def _validate_transformer_config(self) -> None:
+    """The cross-attention fields: a context width where there are transformer blocks."""
+    if self.transformer_resolutions and self.context_dim is None:
+      raise ValueError(f"transformer_resolutions={tuple(self.transformer_resolutions)} "
+                       "needs context_dim, the width of the context to attend to")
+    if self.context_dim is not None and self.context_dim < 1:
+      raise ValueError(f"context_dim must be None or >= 1, got {self.context_dim}")
+    if self.transformer_depth < 1:
+      raise ValueError(f"transformer_depth must be >= 1, got {self.transformer_depth}")
+
+  def _validate_context(self, context: jax.Array | None, context_mask: jax.Array | None,
+                        batch: int) -> None:
+    """A context exactly when the model has transformer blocks, of width ``context_dim``."""
+    if not self.transformer_resolutions:
+      if context is not None or context_mask is not None:
+        raise ValueError("context given, but the model has no cross-attention "
+                         "(transformer_resolutions=())")
+      return
+    if context is None:
+      raise ValueError(f"the model cross-attends at {tuple(self.transformer_resolutions)}: "
+                       f"pass context [B, L, {self.context_dim}] (and context_mask [B, L])")
+    check_context(context, context_mask, batch=batch, context_dim=self.context_dim)
 
   def _validate_inputs(self, x: jax.Array, t: jax.Array, y: jax.Array | None) -> None:
     """Raises ``ValueError`` when the inputs do not fit the configuration."""
@@ -167,12 +205,13 @@ class UNet(nn.Module):
           f"{factor}"
       )
     sizes = tuple(height // 2**level for level in range(len(self.channel_mult)))
-    unreached = sorted(set(self.attention_resolutions) - set(sizes))
-    if unreached:
-      raise ValueError(
-          f"attention_resolutions {unreached} are never reached by a {height}x{width} "
-          f"input, whose levels have heights {sizes}"
-      )
+    for field in ("attention_resolutions", "transformer_resolutions"):
+      unreached = sorted(set(getattr(self, field)) - set(sizes))
+      if unreached:
+        raise ValueError(
+            f"{field} {unreached} are never reached by a {height}x{width} "
+            f"input, whose levels have heights {sizes}"
+        )
     check_times_and_labels(t, y, batch=batch, num_classes=self.num_classes)
 
   def _validate_condition(self, x: jax.Array, condition: jax.Array | None,
@@ -223,6 +262,7 @@ class UNet(nn.Module):
   def __call__(
       self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, *,
       condition: jax.Array | None = None, aug_level: jax.Array | None = None,
+      context: jax.Array | None = None, context_mask: jax.Array | None = None,
       train: bool = False,
   ) -> jax.Array:
     """Predicts the model output for noisy images.
@@ -236,6 +276,9 @@ class UNet(nn.Module):
       condition: the conditioning image ``[B, H / k, W / k, condition_channels]`` (class
         docstring), or ``None``: the null condition.
       aug_level: the condition's augmentation level ``[B]`` in [0, 1], or ``None`` (0).
+      context: ``[B, L, context_dim]``, what the cross-attention blocks attend to (only
+        and always for a model with ``transformer_resolutions``).
+      context_mask: bool ``[B, L]``, True for real context tokens; ``None``: all real.
       train: enables dropout, which then needs a ``"dropout"`` rng.
 
     Returns:
@@ -243,19 +286,23 @@ class UNet(nn.Module):
     """
     dtype = self._validate_config()
     self._validate_inputs(x, t, y)
+    self._validate_context(context, context_mask, x.shape[0])
     self._validate_condition(x, condition, aug_level)
+    cond = None if context is None else (context, context_mask)
     blocks = self._block_factories(dtype)
     emb = self._aug_level_embedding(self._embedding(t, y, batch=x.shape[0]), aug_level)
     h = nn.Conv(
         self.base_channels, (3, 3), dtype=dtype, kernel_init=default_init,
         name="conv_in",
     )(self._conditioned_input(x, condition).astype(dtype))
-    h, skips = self._encoder(h, emb, train, blocks)
-    res_block, attn_block = blocks
+    h, skips = self._encoder(h, emb, train, blocks, cond)
+    res_block, attn_block, transformer = blocks
     h = res_block(h.shape[-1], name="mid_res0")(h, emb, train)
     h = attn_block(name="mid_attn")(h)
+    if h.shape[1] in frozenset(self.transformer_resolutions):
+      h = transformer(h.shape[-1], name="mid_transformer")(h, *cond)
     h = res_block(h.shape[-1], name="mid_res1")(h, emb, train)
-    h = self._decoder(h, skips, emb, train, blocks)
+    h = self._decoder(h, skips, emb, train, blocks, cond)
     out_channels = (self.out_channels or x.shape[-1]) * (2 if self.learn_sigma else 1)
     h = nn.swish(group_norm(h, num_groups=self.num_groups, name="norm_out"))
     return nn.Conv(
@@ -263,9 +310,18 @@ class UNet(nn.Module):
     )(h)
 
   def _block_factories(self, dtype: Any) -> tuple[Callable[..., nn.Module], ...]:
-    """ResBlock and AttentionBlock constructors with this model's options (remat or not)."""
+    """ResBlock, AttentionBlock and SpatialTransformer constructors with this model's
+    options (remat or not); the transformer's takes the channel count."""
     res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
     attn_block = nn.remat(AttentionBlock) if self.remat else AttentionBlock
+    transformer = nn.remat(SpatialTransformer) if self.remat else SpatialTransformer
+
+    def transformer_block(channels: int, *, name: str) -> nn.Module:
+      heads = attention_heads(channels, num_heads=self.num_heads,
+                              num_head_channels=self.num_head_channels)
+      return transformer(heads, depth=self.transformer_depth, num_groups=self.num_groups,
+                         dtype=dtype, implementation=self.attention_implementation, name=name)
+
     return (
         functools.partial(
             res_block, dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
@@ -276,6 +332,7 @@ class UNet(nn.Module):
             num_groups=self.num_groups, dtype=dtype,
             implementation=self.attention_implementation,
         ),
+        transformer_block,
     )
 
   def _embedding(self, t: jax.Array, y: jax.Array | None, *, batch: int) -> jax.Array:
@@ -292,13 +349,17 @@ class UNet(nn.Module):
         self.num_classes + 1, 4 * self.base_channels, dtype=jnp.float32, name="label_emb",
     )(labels)
 
-  def _block(self, h: jax.Array, emb: jax.Array, train: bool, blocks: tuple, *,
-             channels: int, path: str, level: int, index: int) -> jax.Array:
-    """Residual block ``{path}{level}_res{index}``, then attention at the chosen resolutions."""
-    res_block, attn_block = blocks
+  def _block(self, h: jax.Array, emb: jax.Array, train: bool, blocks: tuple,
+             cond: tuple | None, *, channels: int, path: str, level: int,
+             index: int) -> jax.Array:
+    """Residual block ``{path}{level}_res{index}``, then attention and cross-attention
+    (``{path}{level}_transformer{index}``) at the chosen resolutions."""
+    res_block, attn_block, transformer = blocks
     h = res_block(channels, name=f"{path}{level}_res{index}")(h, emb, train)
     if h.shape[1] in frozenset(self.attention_resolutions):
       h = attn_block(name=f"{path}{level}_attn{index}")(h)
+    if h.shape[1] in frozenset(self.transformer_resolutions):
+      h = transformer(channels, name=f"{path}{level}_transformer{index}")(h, *cond)
     return h
 
   def _resample(self, h: jax.Array, emb: jax.Array, train: bool, blocks: tuple, *,
@@ -310,13 +371,13 @@ class UNet(nn.Module):
     layer = Downsample if direction == "down" else Upsample
     return layer(h.shape[-1], dtype=blocks[0].keywords["dtype"], name=name)(h)
 
-  def _encoder(self, h: jax.Array, emb: jax.Array, train: bool,
-               blocks: tuple) -> tuple[jax.Array, list[jax.Array]]:
+  def _encoder(self, h: jax.Array, emb: jax.Array, train: bool, blocks: tuple,
+               cond: tuple | None) -> tuple[jax.Array, list[jax.Array]]:
     """The downsampling path; returns the features and the skips for the decoder."""
     skips = [h]
     for level, mult in enumerate(self.channel_mult):
       for i in range(self.num_res_blocks):
-        h = self._block(h, emb, train, blocks, channels=mult * self.base_channels,
+        h = self._block(h, emb, train, blocks, cond, channels=mult * self.base_channels,
                         path="down", level=level, index=i)
         skips.append(h)
       if level != len(self.channel_mult) - 1:
@@ -326,12 +387,12 @@ class UNet(nn.Module):
     return h, skips
 
   def _decoder(self, h: jax.Array, skips: list[jax.Array], emb: jax.Array, train: bool,
-               blocks: tuple) -> jax.Array:
+               blocks: tuple, cond: tuple | None) -> jax.Array:
     """The upsampling path, each block fed the matching skip (concatenated)."""
     for level, mult in reversed(list(enumerate(self.channel_mult))):
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = self._block(h, emb, train, blocks, channels=mult * self.base_channels,
+        h = self._block(h, emb, train, blocks, cond, channels=mult * self.base_channels,
                         path="up", level=level, index=i)
       if level != 0:
         h = self._resample(h, emb, train, blocks, direction="up", name=f"up{level}_resample")
