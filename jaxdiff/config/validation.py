@@ -139,10 +139,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   _validate_objective(config)
   _validate_eval(config.eval, objective=config.diffusion.objective,
                  source=config.data.source)
-  try:
-    _validate_task(config)
-  except ValueError as e:  # Task.check's and _validate_task's messages, as one ConfigError.
-    raise ConfigError(str(e).rstrip(".") + ".") from None
+  _validate_task(config)
 
 
 def _validate_variance_and_labels(config: ml_collections.ConfigDict) -> None:
@@ -171,29 +168,33 @@ def _validate_task(config: ml_collections.ConfigDict) -> None:
   """config.data.task fits the data (`Task.check`) and the model conditions on it: a U-Net
   with condition_channels of the task's condition and the augmentation-level embedding
   exactly when the task augments."""
-  task = tasks.task_from_config(config.data)
+  try:  # The task's own checks (jaxdiff.data.tasks) raise ValueError.
+    task = tasks.task_from_config(config.data)
+    if task is not None:
+      task.check(builders.image_shape(config))
+  except ValueError as e:
+    raise ConfigError(f"{str(e).rstrip('.')}.") from None
   model = config.model
   if task is None:
     if model.get("condition_channels") is not None:
-      raise ValueError(f"config.model.condition_channels={model.condition_channels} needs an "
-                       "image-to-image task: set config.data.task.name")
+      raise ConfigError(f"config.model.condition_channels={model.condition_channels} needs an "
+                       "image-to-image task: set config.data.task.name.")
     return
   image_shape = builders.image_shape(config)
-  task.check(image_shape)
   if model.name != "unet":
-    raise ValueError(f"config.data.task.name={task.name!r} needs the U-Net "
-                     f"(config.model.name='unet'), not {model.name!r}")
+    raise ConfigError(f"config.data.task.name={task.name!r} needs the U-Net "
+                      f"(config.model.name='unet'), not {model.name!r}.")
   channels = task.condition_shape(image_shape)[-1]
   if model.condition_channels != channels:
-    raise ValueError(f"config.data.task.name={task.name!r} gives conditions of {channels} "
-                     f"channel(s); set config.model.condition_channels={channels}, not "
-                     f"{model.condition_channels}")
+    raise ConfigError(f"config.data.task.name={task.name!r} gives conditions of {channels} "
+                      f"channel(s); set config.model.condition_channels={channels}, not "
+                      f"{model.condition_channels}.")
   if model.aug_level_embedding != (task.augment_max > 0):
-    raise ValueError(f"config.model.aug_level_embedding={model.aug_level_embedding} must be "
-                     f"{task.augment_max > 0} when config.data.task.augment_max="
-                     f"{task.augment_max}")
+    raise ConfigError(f"config.model.aug_level_embedding={model.aug_level_embedding} must be "
+                      f"{task.augment_max > 0} when config.data.task.augment_max="
+                      f"{task.augment_max}.")
   if not 0.0 <= config.sample.aug_level <= 1.0:
-    raise ValueError(f"config.sample.aug_level={config.sample.aug_level}; expected [0, 1]")
+    raise ConfigError(f"config.sample.aug_level={config.sample.aug_level}; expected [0, 1].")
 
 
 def _validate_optimizer(train_config: ml_collections.ConfigDict) -> None:
