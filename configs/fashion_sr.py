@@ -24,13 +24,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.update(base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
                       attention_resolutions=(), num_heads=1, dropout=0.0, num_groups=8,
                       condition_channels=1, aug_level_embedding=True)
-  config.diffusion.update(schedule="cosine", num_timesteps=1000, variance="fixed_small")
+  # v-prediction (Salimans & Ho 2022): at 3000 steps it scores 21.3 dB where eps-prediction
+  # scores 19.6 (README, "Image-to-image").
+  config.diffusion.update(schedule="cosine", num_timesteps=1000, variance="fixed_small",
+                          prediction="v")
   config.data.update(source="idx", idx_dir="/usr/share/datasets/fashion-mnist",
                      name="fashion_mnist", image_size=28, channels=1)
   config.data.task.update(name="super_resolution", factor=2, downsample="area",
                           augment_max=0.5)
-  config.train.update(batch_size=32, num_steps=500, learning_rate=2e-3, warmup_steps=50,
-                      ema_decay=0.995, log_every=100, checkpoint_every=500,
+  config.train.update(batch_size=32, num_steps=3000, learning_rate=2e-3, warmup_steps=50,
+                      ema_decay=0.995, log_every=100, checkpoint_every=1000,
                       keep_checkpoints=2)
-  config.sample.update(sampler="ddim", num_steps=50, num_samples=64, aug_level=0.0)
+  # Ancestral sampling, as SR3: DDPM with 250 steps scores 21.3 dB where DDIM with 25
+  # steps scores 20.8 (eps-prediction: 19.6 against 17.5; README, "Image-to-image").
+  config.sample.update(sampler="ddpm", num_steps=250, num_samples=64, aug_level=0.0)
   return config

@@ -9,9 +9,11 @@ Metrics (`--metrics`, comma-separated; see jaxdiff.job.evaluation):
                  distance of those reconstructions and of the same real images (its floor)
   prompt_accuracy  share of samples asked for class k (label, or class name as caption)
                  that the classifier of classifier_fd assigns to k, at each --guidance_scale
-  restoration    PSNR, SSIM (and the consistency error of super-resolution) of an
-                 image-to-image run's sample.py .npz (--samples, with its "inputs" and
-                 "references") beside the task's trivial baseline (bicubic upsampling, ...)
+  restoration    PSNR, SSIM (the consistency error of super-resolution, the hole PSNR of
+                 inpainting and uncropping) of an image-to-image run's sample.py .npz
+                 (--samples, with its "inputs", "references" and "masks") beside the
+                 task's trivial baseline (bicubic upsampling, harmonic hole filling, the
+                 gray image, the JPEG); with classifier_fd also the baseline's distance
   words          a word-list run's samples: shares well formed, in the word list, in the
                  training split, new; unigram and bigram baselines' shares in the list
 
@@ -142,18 +144,27 @@ def _check_run_kind(args: argparse.Namespace, config: Any) -> None:
                        "images'")
 
 
-def _restoration(path: str, config: Any) -> dict[str, Any]:
-  """`metrics.restoration_metrics` of a sample.py .npz ("images", "inputs", "references")."""
+def _restoration(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+  """`metrics.restoration_metrics` of a sample.py .npz ("images", "inputs", "references";
+  "masks" for inpainting and uncropping); with classifier_fd also the classifier Frechet
+  distance of the trivial baseline's images ("baseline_classifier_fd")."""
+  path = args.samples
   with np.load(path) as data:
     missing = [k for k in ("images", "inputs", "references") if k not in data.files]
     if missing:
       raise cli.CliError(f"--samples {path!r} has no {missing} (keys: {data.files}); "
                          "restoration needs sample.py's output on the test conditions")
     arrays = [images.from_uint8(data[k]) for k in ("images", "inputs", "references")]
+    known = data["masks"] > 0 if "masks" in data.files else None
   try:
-    return metrics.restoration_metrics(config, *arrays)
+    results = metrics.restoration_metrics(config, *arrays, known=known)
+    if "classifier_fd" in args.metrics:
+      baseline = metrics.restoration_baseline(config, arrays[1], known=known)
+      results["baseline_classifier_fd"] = metrics.classifier_frechet_distance(
+          _classifier_reference(args, config), images.from_uint8(images.to_uint8(baseline)))
   except ValueError as e:
     raise cli.CliError(f"--metrics restoration: {e}") from None
+  return results
 
 
 def _check_sampler(args: argparse.Namespace, config: Any) -> None:
@@ -245,7 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   if "bpd" in args.metrics:
     results.update(_bpd(args, loaded, rng, mesh))
   if "restoration" in args.metrics:
-    results.update(_restoration(args.samples, config))
+    results.update(_restoration(args, config))
   if "reconstruction" in args.metrics:
     reference = _classifier_reference(args, config) if "classifier_fd" in args.metrics else None
     results.update(metrics.reconstruction_metrics(

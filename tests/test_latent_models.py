@@ -378,3 +378,14 @@ def test_latent_and_caption_runs_reject_image_tasks_and_discrete_objectives(
   who = "a latent run" if latent else "config.conditioner.name='text'"
   with pytest.raises(validation.ConfigError, match=f"{who}.* {message}"):
     validation.validate_config(config, num_devices=1)
+
+
+def test_the_pixel_counterpart_cross_attends_at_the_latent_models_resolutions():
+  latent = schema.load_config_file(ROOT / "configs" / "fashion_latent.py")
+  pixel = schema.load_config_file(ROOT / "configs" / "fashion_pixel_captions.py")
+  validation.validate_config(pixel, num_devices=1)
+  assert pixel.autoencoder.latent_channels is None and pixel.data == latent.data
+  heights = {16 // 2**level for level in range(len(pixel.model.channel_mult))}
+  assert set(pixel.model.transformer_resolutions) <= heights
+  assert pixel.model.transformer_resolutions == latent.model.transformer_resolutions
+  assert pixel.conditioner == latent.conditioner and pixel.diffusion == latent.diffusion

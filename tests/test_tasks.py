@@ -11,9 +11,9 @@ from PIL import Image
 
 from jaxdiff import images, resampling
 from jaxdiff.config import schema, validation
-from jaxdiff.data import pipeline, sources, tasks
+from jaxdiff.data import photos, pipeline, sources, tasks
 from jaxdiff.evaluation import restoration
-from jaxdiff.job import evaluation, generation
+from jaxdiff.job import cli, evaluation, generation
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
@@ -121,11 +121,23 @@ def test_pipeline_batches_carry_deterministic_conditions():
 
 
 def test_photo_patches_are_colour_and_the_splits_do_not_overlap():
-  train = sources.make_source(ml_collections.ConfigDict(dict(source="photos", split="train")))
-  test = sources.make_source(ml_collections.ConfigDict(dict(source="photos", split="test")))
-  assert (len(train), len(test)) == (1242, 322)
-  image, _ = train.read([0])
-  assert image[0].shape == (64, 64, 3) and image[0].dtype == np.uint8
+  train = photos.photo_patches(split="train")
+  test = photos.photo_patches(split="test")
+  # Counted from the geometry: columns whose patch lies left (right) of 3/4 of the width.
+  counts = np.zeros(2, int)
+  for photo in photos.photographs():
+    height, width, _ = photo.shape
+    rows = (height - 64) // 16 + 1
+    lefts = np.arange(0, width - 63, 16)
+    counts += rows * np.array([np.sum(lefts + 64 <= int(0.75 * width)),
+                               np.sum(lefts >= int(0.75 * width))])
+  assert len(photos.photographs()) == 7 and (len(train), len(test)) == tuple(counts)
+  assert train.shape[1:] == (64, 64, 3) and train.dtype == np.uint8
+  assert not {patch.tobytes() for patch in test} & {patch.tobytes() for patch in train}
+  chroma = np.abs(train.astype(float) - train.mean(-1, keepdims=True)).mean()
+  assert chroma > 5.0
+  source = sources.make_source(ml_collections.ConfigDict(dict(source="photos", split="test")))
+  np.testing.assert_array_equal(source.read([0])[0][0], test[0])
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -153,9 +165,67 @@ def test_psnr_ssim_and_consistency_against_their_definitions():
   np.testing.assert_allclose(restoration.consistency_error(x, low + 0.25, 4), 0.25, rtol=1e-6)
 
 
+def test_harmonic_fill_solves_laplace_and_reproduces_linear_images():
+  rows, cols = np.mgrid[0:12, 0:10]
+  ramp = (0.05 * rows - 0.08 * cols + 0.3)[None, ..., None] * np.ones((1, 1, 1, 2))
+  known = np.ones((1, 12, 10, 1), bool)
+  known[0, 3:9, 2:7] = False  # Away from the edge a linear image is its own harmonic fill.
+  np.testing.assert_allclose(restoration.harmonic_fill(np.where(known, ramp, 0.0), known),
+                             ramp, atol=1e-12)
+  image = RNG.uniform(-1, 1, (2, 9, 11, 3))
+  mask = np.ones((2, 9, 11, 1), bool)
+  mask[0, :4, :] = False                       # A band along the top edge (uncropping).
+  mask[1] = ~(RNG.uniform(size=(9, 11, 1)) < 0.5)
+  filled = restoration.harmonic_fill(image, mask)
+  np.testing.assert_array_equal(filled[mask[..., 0]], image[mask[..., 0]])
+  padded = np.pad(filled, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=np.nan)
+  shifts = [padded[:, 1 + di:10 + di, 1 + dj:12 + dj] for di, dj in
+            ((-1, 0), (1, 0), (0, -1), (0, 1))]
+  neighbour_mean = np.nanmean(np.stack(shifts), axis=0)  # In-image neighbours only.
+  hole = ~mask[..., 0]
+  np.testing.assert_allclose(filled[hole], neighbour_mean[hole], atol=1e-10)
+
+
+def test_hole_psnr_and_the_harmonic_baseline_of_masked_tasks():
+  config = _sr()
+  config.data.task.update(name="inpainting", augment_max=0.0)
+  references = RNG.uniform(-1, 1, (3, 28, 28, 1))
+  known = np.ones((3, 28, 28, 1), bool)
+  known[:, 5:15, 8:20] = False
+  outputs = np.where(known, references, references + 0.2)
+  mse = 0.1 ** 2                               # 0.2 on [-1, 1] is 0.1 on the [0, 1] scale.
+  np.testing.assert_allclose(restoration.missing_psnr(outputs, references, known),
+                             -10 * np.log10(mse), rtol=1e-10)
+  inputs = np.where(known, references, 0.0)
+  result = evaluation.restoration_metrics(config, outputs, inputs, references, known=known)
+  np.testing.assert_allclose(result["hole_psnr"], -10 * np.log10(mse), rtol=1e-10)
+  harmonic = restoration.harmonic_fill(inputs, known)
+  np.testing.assert_allclose(result["baseline_hole_psnr"], np.mean(
+      restoration.missing_psnr(harmonic, references, known)), rtol=1e-10)
+  with pytest.raises(ValueError, match="scored with its masks"):
+    evaluation.restoration_metrics(config, outputs, inputs, references)
+
+
+def test_sample_files_of_masked_tasks_carry_their_masks(tmp_path):
+  config = _sr()
+  config.data.task.update(name="inpainting", augment_max=0.0)
+  clean = RNG.uniform(-1, 1, (2, 28, 28, 1)).astype(np.float32)
+  known = np.ones((2, 28, 28), bool)
+  known[0, 2:9, 3:12] = False
+  known[1, 20:, :] = False
+  conditions = np.stack([tasks.masked_condition(x, m) for x, m in zip(clean, known)])
+  request = generation.Request(num_samples=2, batch_size=2, sampler="ddim",
+                               conditions=conditions)
+  _, path = cli.write_samples(str(tmp_path / "s"), clean, request, config, references=clean,
+                              rows=None)
+  with np.load(path) as data:
+    np.testing.assert_array_equal(data["masks"][..., 0], known.astype(np.uint8))
+    np.testing.assert_array_equal(data["inputs"][~known], 128)  # Missing: 0 on [-1, 1].
+
+
 # --- configs and bad input ----------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["fashion_sr.py", "fashion_cascade.py",
+@pytest.mark.parametrize("name", ["fashion_sr.py", "fashion_cascade.py", "fashion_inpainting.py",
                                   "photos_colorization.py"])
 def test_configs_validate(name):
   validation.validate_config(schema.load_config_file(ROOT / "configs" / name), num_devices=1)

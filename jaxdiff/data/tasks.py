@@ -44,6 +44,7 @@ TASKS = ("super_resolution", "colorization", "inpainting", "uncropping", "jpeg_r
 DOWNSAMPLERS = ("area", "bicubic")
 MASKS = ("box", "free_form")
 UNCROPS = ("half", "quarter")
+MASKED_TASKS = ("inpainting", "uncropping")
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -195,7 +196,7 @@ class Task:
       return (height // self.factor, width // self.factor, channels)
     if self.name == "colorization":
       return (height, width, 1)
-    if self.name in ("inpainting", "uncropping"):
+    if self.name in MASKED_TASKS:
       return (height, width, channels + 1)
     return image_shape
 
@@ -211,7 +212,7 @@ class Task:
       return downsample(image[None], self.factor, self.downsample)[0]
     if self.name == "colorization":
       return luminance(image)
-    if self.name in ("inpainting", "uncropping"):
+    if self.name in MASKED_TASKS:
       return masked_condition(image, self.mask_for(rng, image.shape[:2]))
     return jpeg_round_trip(image, int(rng.integers(self.jpeg_quality[0],
                                                    self.jpeg_quality[1] + 1)))
@@ -232,7 +233,7 @@ class Task:
   def display(self, condition: np.ndarray, channels: int) -> np.ndarray:
     """Conditions [N, h, w, c] as images [N, h, w, channels] for grids: the known pixels of a
     masked condition, the luminance repeated to RGB."""
-    shown = known_and_mask(condition)[0] if self.name in ("inpainting", "uncropping") else (
+    shown = known_and_mask(condition)[0] if self.name in MASKED_TASKS else (
         condition)
     return np.broadcast_to(shown, shown.shape[:-1] + (channels,)) if shown.shape[-1] == 1 else (
         shown)

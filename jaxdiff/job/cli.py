@@ -163,7 +163,7 @@ def _read_conditions(path: str, task: tasks.Task, image_shape: tuple[int, int, i
   if not os.path.isfile(path):
     raise CliError(f"--condition: no file at {path!r}")
   height, width, channels = task.condition_shape(image_shape)
-  masked = task.name in ("inpainting", "uncropping")
+  masked = task.name in tasks.MASKED_TASKS
   if path.endswith(".npz"):
     with np.load(path, allow_pickle=False) as data:
       key = "conditions" if "conditions" in data else "images"
@@ -229,15 +229,17 @@ def write_samples(stem: str, samples: np.ndarray, request: generation.Request,
                   config: ml_collections.ConfigDict, *, references: np.ndarray | None,
                   rows: int | None) -> tuple[str, str]:
   """Writes stem.png (stem.txt of words for a word-list run) and stem.npz ("images" uint8,
-  "labels"; for a conditioned run also the "inputs" and "references" and a PNG of input |
-  output | reference rows); returns the two paths."""
+  "labels"; for a conditioned run also the "inputs" and "references" (and for a masked task
+  the "masks", uint8 1 = known) and a PNG of input | output | reference rows); returns the
+  two paths."""
   outputs = images.to_uint8(samples)
   extra, columns = {}, [outputs]
   if request.conditions is not None:
     task = tasks.task_from_config(config.data)
     shown = np.resize(request.conditions, (len(samples),) + request.conditions.shape[1:])
-    shown = task.display(shown, samples.shape[-1]) if task else shown
-    extra["inputs"] = images.to_uint8(shown)
+    extra["inputs"] = images.to_uint8(task.display(shown, samples.shape[-1]) if task else shown)
+    if task is not None and task.name in tasks.MASKED_TASKS:
+      extra["masks"] = tasks.known_and_mask(shown)[1].astype(np.uint8)
     columns = [extra["inputs"], outputs]
   if references is not None:
     extra["references"] = images.to_uint8(references)

@@ -280,20 +280,38 @@ def prompt_accuracy(config: ml_collections.ConfigDict, model: nn.Module, params:
   return float(np.mean(predicted == wanted))
 
 
-def restoration_metrics(config: ml_collections.ConfigDict, outputs: np.ndarray,
-                        inputs: np.ndarray, references: np.ndarray) -> dict[str, float]:
-  """PSNR and SSIM (`jaxdiff.evaluation.restoration`; for area super-resolution also the
-  consistency error, Saharia et al. 2021) of an image-to-image run's outputs against the
-  references, beside those of the trivial baseline (keys prefixed "baseline_"): the inputs
-  as sample.py saves them (`Task.display`: the gray image, the known pixels, the JPEG),
-  upsampled with Pillow's bicubic filter for super-resolution. Arrays in [-1, 1]."""
+def restoration_baseline(config: ml_collections.ConfigDict, inputs: np.ndarray, *,
+                         known: np.ndarray | None = None) -> np.ndarray:
+  """The trivial baseline of an image-to-image run's inputs (as sample.py saves them,
+  `Task.display`), [N, H, W, C] in [-1, 1]: Pillow bicubic upsampling for
+  super-resolution, the hole filled by harmonic interpolation (`restoration.harmonic_fill`,
+  needs the masks `known`, bool [N, H, W, 1]) for inpainting and uncropping, the inputs
+  themselves otherwise (the gray image, the JPEG)."""
   task = tasks.task_from_config(config.data)
   if task is None:
     raise ValueError("restoration needs an image-to-image run (config.data.task.name is None)")
-  shape = builders.image_shape(config)
-  super_resolution = task.name == "super_resolution"
-  factor = task.factor if super_resolution and task.downsample == "area" else None
-  baseline = tasks.bicubic_resize(inputs, shape[:2]) if super_resolution else inputs
-  model = restoration.summary(outputs, references, inputs=inputs, factor=factor)
-  floor = restoration.summary(baseline, references, inputs=inputs, factor=factor)
+  if task.name == "super_resolution":
+    return tasks.bicubic_resize(inputs, builders.image_shape(config)[:2])
+  if task.name in tasks.MASKED_TASKS:
+    if known is None:
+      raise ValueError(f"the {task.name} task is scored with its masks; this .npz has none "
+                       "(write it again with sample.py)")
+    return restoration.harmonic_fill(inputs, known)
+  return inputs
+
+
+def restoration_metrics(config: ml_collections.ConfigDict, outputs: np.ndarray,
+                        inputs: np.ndarray, references: np.ndarray, *,
+                        known: np.ndarray | None = None) -> dict[str, float]:
+  """PSNR and SSIM (`jaxdiff.evaluation.restoration`; for area super-resolution also the
+  consistency error, Saharia et al. 2021; for inpainting and uncropping also the hole PSNR)
+  of an image-to-image run's outputs against the references, beside those of the trivial
+  baseline (`restoration_baseline`; keys prefixed "baseline_"). Arrays in [-1, 1]."""
+  baseline = restoration_baseline(config, inputs, known=known)
+  task = tasks.task_from_config(config.data)
+  factor = task.factor if task.name == "super_resolution" and task.downsample == "area" else (
+      None)
+  known = known if task.name in tasks.MASKED_TASKS else None
+  model = restoration.summary(outputs, references, inputs=inputs, factor=factor, known=known)
+  floor = restoration.summary(baseline, references, inputs=inputs, factor=factor, known=known)
   return {**model, **{f"baseline_{name}": value for name, value in floor.items()}}

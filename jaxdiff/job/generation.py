@@ -233,7 +233,7 @@ def _condition_inputs(config: ml_collections.ConfigDict, request: Request, index
                    (batch_size,) + request.conditions.shape[1:]).astype(np.float32)
   task = tasks.task_from_config(config.data)
   runner = {}
-  if task is not None and task.name in ("inpainting", "uncropping"):
+  if task is not None and task.name in tasks.MASKED_TASKS:
     known, mask = tasks.known_and_mask(rows)
     runner = {"known": jax.device_put(known, sharding), "mask": jax.device_put(mask, sharding)}
   if not config.model.get("aug_level_embedding"):
