@@ -157,9 +157,9 @@ def _restoration(args: argparse.Namespace, config: Any) -> dict[str, Any]:
     arrays = [images.from_uint8(data[k]) for k in ("images", "inputs", "references")]
     known = data["masks"] > 0 if "masks" in data.files else None
   try:
-    results = metrics.restoration_metrics(config, *arrays, known=known)
+    baseline = metrics.restoration_baseline(config, arrays[1], known=known)
+    results = metrics.restoration_metrics(config, *arrays, known=known, baseline=baseline)
     if "classifier_fd" in args.metrics:
-      baseline = metrics.restoration_baseline(config, arrays[1], known=known)
       results["baseline_classifier_fd"] = metrics.classifier_frechet_distance(
           _classifier_reference(args, config), images.from_uint8(images.to_uint8(baseline)))
   except ValueError as e:

@@ -302,12 +302,15 @@ def restoration_baseline(config: ml_collections.ConfigDict, inputs: np.ndarray, 
 
 def restoration_metrics(config: ml_collections.ConfigDict, outputs: np.ndarray,
                         inputs: np.ndarray, references: np.ndarray, *,
-                        known: np.ndarray | None = None) -> dict[str, float]:
+                        known: np.ndarray | None = None,
+                        baseline: np.ndarray | None = None) -> dict[str, float]:
   """PSNR and SSIM (`jaxdiff.evaluation.restoration`; for area super-resolution also the
   consistency error, Saharia et al. 2021; for inpainting and uncropping also the hole PSNR)
   of an image-to-image run's outputs against the references, beside those of the trivial
-  baseline (`restoration_baseline`; keys prefixed "baseline_"). Arrays in [-1, 1]."""
-  baseline = restoration_baseline(config, inputs, known=known)
+  baseline (`restoration_baseline`, unless given; keys prefixed "baseline_"). Arrays in
+  [-1, 1]."""
+  if baseline is None:
+    baseline = restoration_baseline(config, inputs, known=known)
   task = tasks.task_from_config(config.data)
   factor = task.factor if task.name == "super_resolution" and task.downsample == "area" else (
       None)
